@@ -1,0 +1,40 @@
+# Kiln's two entry points: `make demo` and `make test`. Everything lives in .venv at the repo root.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+CROSS  := $(VENV)/share/kiln/cross
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup system-deps cross-runtimes demo test bench readme clean
+
+setup: system-deps $(STAMP) cross-runtimes
+
+# Debian packages: qemu-user and the arm64 sysroot that runs aarch64 artifacts for verification.
+system-deps:
+	bash scripts/install-system-deps.sh
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
+	$(BIN)/python -m pip install --quiet -e '.[compiler,dev]'
+	touch $@
+
+# The aarch64 build of iree-base-runtime, same version as the compiler, unpacked for qemu-user.
+cross-runtimes: $(STAMP)
+	bash scripts/install-cross-runtimes.sh $(BIN)/python $(CROSS)
+
+demo: setup
+	$(BIN)/python scripts/demo.py
+
+test: setup
+	$(BIN)/python -m pytest -n 2 --durations=15
+
+bench: setup
+	$(BIN)/python bench/compile_bench.py
+
+# Regenerate the README's support matrix from the target catalog.
+readme: $(STAMP)
+	$(BIN)/python scripts/update_readme.py
+
+clean:
+	rm -rf $(VENV) demo-out

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install the Debian packages Kiln needs (Debian 12 "bookworm"): qemu-user-static and the arm64
+# runtime libraries (libc, libstdc++) that qemu needs to run aarch64 IREE runtimes for verification.
+set -euo pipefail
+packages=(qemu-user-static libc6-arm64-cross libstdc++6-arm64-cross libgcc-s1-arm64-cross)
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+[ ${#missing[@]} -eq 0 ] && exit 0
+sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+# A flaky mirror gets one retry.
+$sudo apt-get update -qq || { sleep 5; $sudo apt-get update -qq; }
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+  || { sleep 5; $sudo apt-get update -qq; $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"; }

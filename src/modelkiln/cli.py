@@ -1,0 +1,140 @@
+"""`kiln`: compile a model, run an artifact, list targets. Errors are mapped to messages here, once."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from modelkiln import __version__
+from modelkiln.errors import CompilationError, KilnError, ValidationError
+from modelkiln.literal import parse_literal
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ValidationError as exc:
+        print(f"kiln: invalid {exc.field}: {exc.message}", file=sys.stderr)
+        return 2
+    except CompilationError as exc:
+        print(f"kiln: {exc.stage} failed: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"  fix: {exc.hint}", file=sys.stderr)
+        return 1
+    except KilnError as exc:
+        print(f"kiln: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kiln", description="Compile trained models for devices, with proof.")
+    parser.add_argument("--version", action="version", version=f"kiln {__version__}")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    c = sub.add_parser("compile", help="compile a model for a target (SageMaker Neo's CreateCompilationJob, offline)")
+    c.add_argument("--model", required=True, type=Path, help="model.tar.gz (or a bare .onnx/.pth file)")
+    c.add_argument("--framework", required=True, type=str.upper, help="ONNX | PYTORCH | ...")
+    c.add_argument("--input-config", help='DataInputConfig, e.g. \'{"data":[1,3,224,224]}\' or \'[[1,3,224,224]]\'')
+    target = c.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-device", help="a TargetDevice, e.g. ml_c5, rasp4b (see `kiln targets`)")
+    target.add_argument("--target-platform", help='\'{"Os":"LINUX","Arch":"ARM64"}\' or Os=LINUX,Arch=ARM64')
+    c.add_argument("--compiler-options", help='CompilerOptions JSON, e.g. \'{"mcpu":"cortex-a72"}\'')
+    c.add_argument("--output", required=True, type=Path, help="folder for model.tar.gz and report.json")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.add_argument("--quiet", action="store_true", help="no progress lines")
+    c.set_defaults(func=_compile)
+
+    r = sub.add_parser("run", help="run a compiled artifact on inputs from .npy files")
+    r.add_argument("artifact", type=Path, help="model.tar.gz written by kiln compile, or its folder")
+    r.add_argument("--input", action="append", default=[], metavar="[NAME=]FILE.npy",
+                   help="an input array; repeat for several inputs (in order, or NAME=FILE)")
+    r.add_argument("--random", action="store_true", help="run on random inputs of the declared shapes")
+    r.add_argument("--output-dir", type=Path, help="save outputs there as <output name>.npy")
+    r.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    r.add_argument("--device", default="cpu", help="device type the artifact must be built for (default: cpu)")
+    r.set_defaults(func=_run)
+
+    t = sub.add_parser("targets", help="list every TargetDevice and TargetPlatform and what Kiln builds for it")
+    t.add_argument("--markdown", action="store_true", help="print the README's support matrix")
+    t.set_defaults(func=_targets)
+    return parser
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from modelkiln.compiler import CompileJob, compile_job, render_text
+
+    job = CompileJob(
+        model=args.model, framework=args.framework, output_dir=args.output,
+        data_input_config=args.input_config, target_device=args.target_device,
+        target_platform=_platform(args.target_platform) if args.target_platform else None,
+        compiler_options=args.compiler_options,
+    )
+
+    def progress(stage: str, message: str) -> None:
+        if not args.quiet:
+            print(f"[{stage}] {message}", file=sys.stderr, flush=True)
+
+    report = compile_job(job, progress)
+    print(json.dumps(report.to_json(), indent=2) if args.json else render_text(report))
+    return 0
+
+
+def _platform(text: str) -> dict[str, str]:
+    """TargetPlatform as JSON or as the AWS CLI's shorthand Os=LINUX,Arch=ARM64."""
+    field = "OutputConfig.TargetPlatform"
+    if "=" in text and not text.lstrip().startswith("{"):
+        pairs = [p.split("=", 1) for p in text.split(",")]
+        if any(len(p) != 2 for p in pairs):
+            raise ValidationError(field, "shorthand must look like Os=LINUX,Arch=ARM64")
+        return {k.strip(): v.strip() for k, v in pairs}
+    value = parse_literal(text, field)
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValidationError(field, 'must be an object such as {"Os": "LINUX", "Arch": "ARM64"}')
+    return value
+
+
+def _run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from modelkiln.runtime import ArtifactError, Model
+
+    try:
+        model = Model(args.artifact, device=args.device, threads=args.threads)
+        if args.random:
+            rng = np.random.default_rng(0)
+            inputs = [rng.standard_normal(s).astype(d) for s, d in zip(model.input_shapes, model.input_dtypes)]
+        elif not args.input:
+            raise ArtifactError(f"give --input FILE.npy (inputs: {model.input_names}) or --random")
+        elif any("=" in i for i in args.input):
+            inputs = {k: np.load(v) for k, v in (i.split("=", 1) for i in args.input)}
+        else:
+            inputs = [np.load(i) for i in args.input]
+        outputs = model.run(inputs)
+    except (ArtifactError, OSError) as exc:
+        print(f"kiln: {exc}", file=sys.stderr)
+        return 1
+    print(f"{model.backend} artifact for {model.meta['Requirements']['TargetDevice']}")
+    for name, out in zip(model.output_names, outputs):
+        flat = out.reshape(-1)
+        print(f"{name}: shape {list(out.shape)} {out.dtype} first values {np.array2string(flat[:6], precision=5)}")
+        if args.output_dir:
+            args.output_dir.mkdir(parents=True, exist_ok=True)
+            np.save(args.output_dir / f"{name}.npy", out)
+    return 0
+
+
+def _targets(args: argparse.Namespace) -> int:
+    from modelkiln.compiler.matrix import render_markdown, render_text
+
+    print(render_markdown() if args.markdown else render_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

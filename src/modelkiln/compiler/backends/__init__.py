@@ -1,0 +1,15 @@
+"""Compiler backends behind one interface (base.Backend). To add one: write a module with a class that
+implements Backend, register it in BACKENDS, add an executor to runtime/executors.py, and name it in
+the target catalog's backend lists."""
+from __future__ import annotations
+
+from .base import Backend, BackendOutput
+from .iree import IreeBackend
+from .onnxruntime import OnnxRuntimeBackend
+from .openvino import OpenVinoBackend
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b for b in (OnnxRuntimeBackend(), OpenVinoBackend(), IreeBackend())
+}
+
+__all__ = ["BACKENDS", "Backend", "BackendOutput"]

@@ -1,0 +1,43 @@
+"""The interface every compiler backend implements."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import onnx
+
+from modelkiln.targets import CompilerOptions, Target
+
+
+@dataclass
+class BackendOutput:
+    """Files a backend wrote into its work folder, and what compiled.meta must say to run them."""
+
+    files: list[str]  # names inside the work folder; the first is the one the runtime opens
+    entry: dict = field(default_factory=dict)  # extra compiled.meta Backend fields (e.g. Entry function)
+    command: str = ""  # the command line or API call, so users can reproduce it
+    notes: list[str] = field(default_factory=list)
+
+
+class Backend(Protocol):
+    name: str
+    # True when the artifact's bytes do not depend on the CPU architecture (an IR the runtime JITs),
+    # so running it on this host checks the very bytes that ship.
+    portable: bool
+
+    def version(self) -> str:
+        """The backend's package version, recorded in compiled.meta."""
+        ...
+
+    def runtime_requirement(self) -> str:
+        """The pip requirement a device needs to run the artifact."""
+        ...
+
+    def unsupported_reason(self, target: Target, options: CompilerOptions) -> str | None:
+        """Why this backend cannot honour target+options, or None when it can."""
+        ...
+
+    def compile(self, model: onnx.ModelProto, target: Target, options: CompilerOptions, workdir: Path) -> BackendOutput:
+        """Compile the ONNX model for target into workdir; raise CompilationError naming what failed."""
+        ...

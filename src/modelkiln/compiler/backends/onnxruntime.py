@@ -1,0 +1,47 @@
+"""onnxruntime backend: the model optimized offline to a portable ONNX file run by onnxruntime."""
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from modelkiln.errors import CompilationError
+from modelkiln.targets import CompilerOptions, Target
+
+from .base import BackendOutput
+
+FILE = "compiled.onnx"
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    portable = True
+
+    def version(self) -> str:
+        return ort.__version__
+
+    def runtime_requirement(self) -> str:
+        return f"onnxruntime=={version('onnxruntime')}"
+
+    def unsupported_reason(self, target: Target, options: CompilerOptions) -> str | None:
+        if options.dtype != "float32":
+            return f"DTYPE {options.dtype} is not applied by onnxruntime's CPU provider"
+        return None
+
+    def compile(self, model: onnx.ModelProto, target: Target, options: CompilerOptions, workdir: Path) -> BackendOutput:
+        # Extended-level fusions are valid on every CPU; layout passes tied to this host's vector
+        # width (NCHWc) run at load time on the device instead.
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(workdir / FILE)
+        so.log_severity_level = 3
+        try:
+            ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise CompilationError("compile", f"onnxruntime cannot optimize the model: {str(exc)[:400]}") from None
+        return BackendOutput(
+            files=[FILE], command="onnxruntime.InferenceSession(graph_optimization_level=ORT_ENABLE_EXTENDED, "
+            "optimized_model_filepath=compiled.onnx)",
+        )

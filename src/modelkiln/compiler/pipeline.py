@@ -1,0 +1,235 @@
+"""The compile pipeline: fetch -> convert -> compile -> verify -> select -> package.
+
+Where the target is this host's kind of CPU, every eligible backend is compiled, verified and timed,
+and the fastest that verifies ships. Elsewhere the catalog's order decides: the first candidate that
+verifies (under emulation, or by the checks listed in its report) ships.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from modelkiln import __version__
+from modelkiln.compiler import emulation
+from modelkiln.compiler.archive import extract_model
+from modelkiln.compiler.backends import BACKENDS, Backend, BackendOutput
+from modelkiln.compiler.package import build_meta, write_artifact
+from modelkiln.compiler.report import Candidate, Report
+from modelkiln.compiler.verify import (
+    KILN_ARCH_ELF, TOLERANCE, Check, compare, embedded_elf_arches, host_can_run, median_latency_ms, sample_inputs,
+)
+from modelkiln.errors import CompilationError, KilnError
+from modelkiln.frontends import ConvertedModel, check_framework, frontend_for
+from modelkiln.runtime.executors import open_executor
+from modelkiln.runtime.model import host_arch
+from modelkiln.targets import CompilerOptions, Target, parse_compiler_options, resolve
+
+Progress = Callable[[str, str], None]  # (stage, message)
+
+
+@dataclass
+class CompileJob:
+    """One compilation, in the SageMaker request's own terms."""
+
+    model: Path  # model.tar.gz (or a bare model file / folder, for the CLI)
+    framework: str
+    output_dir: Path
+    data_input_config: str | None = None
+    target_device: str | None = None
+    target_platform: dict[str, str] | None = None
+    compiler_options: str | None = None
+
+
+@dataclass
+class _Context:
+    target: Target
+    options: CompilerOptions
+    model: ConvertedModel
+    feeds: dict[str, np.ndarray]
+    expected: list[np.ndarray]  # the source framework's outputs on feeds
+    native: bool
+    progress: Progress
+
+
+def validate(job: CompileJob) -> tuple[Target, CompilerOptions]:
+    """The checks that need no model file: framework, target, options. Raises ValidationError."""
+    check_framework(job.framework)
+    options = parse_compiler_options(job.compiler_options)
+    target = resolve(options, device=job.target_device, platform_=job.target_platform)
+    return target, options
+
+
+def compile_job(job: CompileJob, progress: Progress = lambda stage, msg: None) -> Report:
+    """Run the whole pipeline; write output_dir/model.tar.gz and output_dir/report.json."""
+    target, options = validate(job)
+    stages: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="kiln-") as tmp:
+        work = Path(tmp)
+        with _stage("fetch", stages, progress, f"unpacking {job.model.name}"):
+            model_dir = extract_model(job.model, work / "model")
+        with _stage("convert", stages, progress, f"reading the {job.framework} model"):
+            model = frontend_for(job.framework)(model_dir, job.data_input_config)
+            feeds = sample_inputs(model.inputs)
+            expected = model.reference(feeds)
+        native = host_can_run(target)
+        ctx = _Context(target, options, model, feeds, expected, native, progress)
+        candidates = [Candidate(name, BACKENDS[name].version()) for name in target.backends]
+        with _stage("compile", stages, progress, f"{len(candidates)} candidate(s) for {target.name}"):
+            for cand in candidates:
+                if not native and any(c.status == "verified" for c in candidates):
+                    cand.status, cand.reason = "not tried", "an earlier backend in the catalog's order verified"
+                    continue
+                _try_candidate(ctx, cand, work / cand.backend)
+        with _stage("select", stages, progress, "choosing the artifact"):
+            winner, how = _select(candidates, ctx)
+        report = Report(
+            framework=model.framework, framework_version=model.framework_version,
+            target={"name": target.name, "arch": target.arch, "triple": target.triple, "mcpu": target.mcpu,
+                    "mattr": list(target.mattr), "device_type": target.device_type, "about": target.about},
+            inputs=[i.as_meta() for i in model.inputs], outputs=[o.as_meta() for o in model.outputs],
+            candidates=candidates, selected=winner.backend, selection=how, converters=model.converters,
+            notes=[n for n in (target.note, *model.notes) if n], stages_s=stages, kiln_version=__version__,
+        )
+        with _stage("package", stages, progress, f"writing {job.output_dir / 'model.tar.gz'}"):
+            meta = json.loads((work / winner.backend / "compiled.meta").read_text())
+            artifact, digest = write_artifact(work / winner.backend, meta["Backend"]["Files"], meta,
+                                              report.to_json(), job.output_dir)
+        report.artifact, report.artifact_sha256 = str(artifact), digest
+        (job.output_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2))
+    return report
+
+
+def _try_candidate(ctx: _Context, cand: Candidate, workdir: Path) -> None:
+    """Compile, verify and (natively) time one backend; record everything on cand, never raise."""
+    backend = BACKENDS[cand.backend]
+    reason = backend.unsupported_reason(ctx.target, ctx.options)
+    if reason:
+        cand.status, cand.reason = "skipped", reason
+        return
+    workdir.mkdir(parents=True)
+    ctx.progress("compile", f"{cand.backend} {cand.version}")
+    start = time.perf_counter()
+    try:
+        output = backend.compile(ctx.model.onnx_model, ctx.target, ctx.options, workdir)
+    except CompilationError as exc:
+        cand.status, cand.reason = "failed", exc.message
+        return
+    cand.compile_s = round(time.perf_counter() - start, 2)
+    cand.size_bytes = sum((workdir / f).stat().st_size for f in output.files)
+    cand.command, cand.notes = output.command, output.notes
+    meta = build_meta(ctx.target, ctx.model, backend, output, ctx.options)
+    (workdir / "compiled.meta").write_text(json.dumps(meta))
+    ctx.progress("verify", f"{cand.backend}: running against {ctx.model.framework}")
+    try:
+        if ctx.native:
+            executor = open_executor(workdir, meta)
+            cand.check = compare(executor.run(_ordered(ctx)), ctx.expected, TOLERANCE[ctx.options.dtype],
+                                 f"host ({host_arch()})")
+            if cand.check.passed:
+                cand.threads = os.cpu_count()
+                cand.latency_ms = round(median_latency_ms(executor, _ordered(ctx)), 3)
+        else:
+            cand.check = _verify_foreign(ctx, backend, output, meta, workdir)
+    except Exception as exc:  # a crash in one candidate's runtime must not end the job
+        cand.check = Check("error", "host", TOLERANCE[ctx.options.dtype], detail=_brief(exc))
+    cand.status = "verified" if cand.check.passed else "rejected"
+    if not cand.check.passed:
+        cand.reason = cand.check.detail or (
+            f"max rel err {cand.check.max_rel_err:.2e} > tolerance {cand.check.tolerance:.0e}"
+        )
+
+
+def _verify_foreign(ctx: _Context, backend: Backend, output: BackendOutput, meta: dict, workdir: Path) -> Check:
+    """Check a candidate this host cannot run natively: emulate it, or check what can be checked."""
+    tolerance = TOLERANCE[ctx.options.dtype]
+    inputs = _ordered(ctx)
+    if backend.portable:  # same bytes, another CPU: run them here, but say where they did not run
+        check = compare(open_executor(workdir, meta).run(inputs), ctx.expected, tolerance,
+                        f"host ({host_arch()}), same bytes")
+        return _not_on_target(check, f"the identical {output.files[0]} ran on this host's {backend.name}")
+    emulator = emulation.find_emulator(ctx.target.arch)
+    if isinstance(emulator, emulation.Emulator):
+        outputs = emulation.run_iree(emulator, workdir / output.files[0], meta["Backend"]["Entry"], inputs,
+                                     len(ctx.model.outputs))
+        return compare(outputs, ctx.expected, tolerance, emulator.describe())
+    return _host_twin_check(ctx, backend, workdir / output.files[0], emulator)
+
+
+def _host_twin_check(ctx: _Context, backend: Backend, module: Path, why_not: str) -> Check:
+    """For code no runtime here can execute: compile the same input for this host with the same
+    backend and options, and check that build instead. The target's module itself is not run."""
+    twin = resolve(dataclasses.replace(ctx.options, mcpu="x86-64", mattr=()),
+                   platform_={"Os": "LINUX", "Arch": "X86_64"})
+    with tempfile.TemporaryDirectory(prefix="kiln-twin-") as tmp:
+        out = backend.compile(ctx.model.onnx_model, twin, ctx.options, Path(tmp))
+        meta = build_meta(twin, ctx.model, backend, out, ctx.options)
+        check = compare(open_executor(Path(tmp), meta).run(_ordered(ctx)), ctx.expected,
+                        TOLERANCE[ctx.options.dtype], f"host twin ({host_arch()})")
+    machine, elf_class = KILN_ARCH_ELF[ctx.target.arch]
+    kernels = embedded_elf_arches(module.read_bytes())
+    if kernels != {(machine, elf_class)}:
+        return Check("mismatch", "static check", check.tolerance,
+                     detail=f"the module's kernels are {sorted(kernels)}, expected only {machine} ELF{32 * elf_class}")
+    return _not_on_target(
+        check, f"{why_not}; instead the same model was compiled by {backend.name} with the same options "
+        f"for {host_arch()} and that build ran here, and the {ctx.target.arch} module's kernels were "
+        f"checked to be {machine} ELF{32 * elf_class} code",
+    )
+
+
+def _not_on_target(check: Check, instead: str) -> Check:
+    if check.status != "verified":
+        return check
+    return dataclasses.replace(check, status="not run on target arch", detail=f"checked instead: {instead}")
+
+
+def _select(candidates: list[Candidate], ctx: _Context) -> tuple[Candidate, str]:
+    ok = [c for c in candidates if c.status == "verified"]
+    if not ok:
+        summary = "; ".join(f"{c.backend}: {c.status} ({c.reason})" for c in candidates)
+        raise CompilationError(
+            "verify", f"no backend produced an artifact that matches {ctx.model.framework}'s outputs: {summary}",
+            "fix the error named for each backend, or pin a backend with CompilerOptions {\"kiln-backend\": ...}.",
+        )
+    if len(ctx.target.backends) == 1 and ctx.options.backend:
+        winner, how = ok[0], "pinned by CompilerOptions kiln-backend"
+    elif ctx.native:
+        winner = min(ok, key=lambda c: c.latency_ms or float("inf"))
+        how = f"fastest verified candidate, timed on this host with {winner.threads} threads"
+    else:
+        winner, how = ok[0], f"first verified candidate in the catalog's order for {ctx.target.arch}"
+    winner.status = "selected"
+    return winner, how
+
+
+def _ordered(ctx: _Context) -> list[np.ndarray]:
+    return [ctx.feeds[i.name] for i in ctx.model.inputs]
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else exc.__class__.__name__)[:400]
+
+
+@contextmanager
+def _stage(name: str, stages: dict[str, float], progress: Progress, message: str) -> Iterator[None]:
+    progress(name, message)
+    start = time.perf_counter()
+    try:
+        yield
+    except KilnError:
+        raise
+    except Exception as exc:  # anything else is a Kiln bug: still say which stage, never a backtrace
+        raise CompilationError(name, f"internal error: {exc.__class__.__name__}: {_brief(exc)}",
+                               "please report this with the model; the job log has details.") from exc
+    finally:
+        stages[name] = round(time.perf_counter() - start, 2)

@@ -1,0 +1,81 @@
+"""The compile report: every candidate with how it was checked and timed; JSON and a text rendering."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from modelkiln.compiler.verify import Check
+
+
+@dataclass
+class Candidate:
+    """One backend's attempt at the target."""
+
+    backend: str
+    version: str = ""
+    status: str = "pending"  # selected | verified | rejected | failed | skipped | not tried
+    reason: str = ""
+    compile_s: float | None = None
+    size_bytes: int | None = None
+    latency_ms: float | None = None  # median on this host, when it can run the artifact
+    threads: int | None = None
+    check: Check | None = None
+    command: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    framework: str
+    framework_version: str | None
+    target: dict
+    inputs: list[dict]
+    outputs: list[dict]
+    candidates: list[Candidate]
+    selected: str | None = None
+    selection: str = ""  # how the winner was chosen
+    converters: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    stages_s: dict[str, float] = field(default_factory=dict)
+    artifact: str | None = None
+    artifact_sha256: str | None = None
+    kiln_version: str = ""
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def winner(self) -> Candidate | None:
+        return next((c for c in self.candidates if c.backend == self.selected), None)
+
+
+def render_text(report: Report) -> str:
+    """A short human-readable summary for the terminal."""
+    t = report.target
+    lines = [
+        f"Target    {t['name']}: {t['arch']} {t['mcpu']}"
+        + (f" {','.join(t['mattr'])}" if t.get("mattr") else "") + (f" ({t['about']})" if t.get("about") else ""),
+        f"Model     {report.framework}"
+        + (f" {report.framework_version}" if report.framework_version else "")
+        + "; inputs " + ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in report.inputs),
+        "Candidates:",
+        f"  {'backend':<12} {'status':<10} {'compile':>8} {'size':>10} {'latency':>10} {'max rel err':>12}  check",
+    ]
+    for c in report.candidates:
+        chk = c.check
+        lines.append(
+            f"  {c.backend:<12} {c.status:<10} "
+            f"{_fmt(c.compile_s, '{:.1f}s'):>8} {_fmt(c.size_bytes and c.size_bytes / 1024, '{:.0f}KiB'):>10} "
+            f"{_fmt(c.latency_ms, '{:.2f}ms'):>10} {_fmt(chk and chk.max_rel_err, '{:.1e}'):>12}  "
+            + (f"{chk.status} ({chk.ran_on})" if chk else "") + (f"  {c.reason}" if c.reason else "")
+        )
+    if report.selected:
+        lines.append(f"Selected  {report.selected}: {report.selection}")
+    for note in report.notes:
+        lines.append(f"Note      {note}")
+    if report.artifact:
+        lines.append(f"Artifact  {report.artifact} (sha256 {report.artifact_sha256})")
+    return "\n".join(lines)
+
+
+def _fmt(value, pattern: str) -> str:
+    return "-" if value is None else pattern.format(value)

@@ -1,0 +1,105 @@
+"""Check a compiled candidate against the source framework, and time it where it runs natively."""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from modelkiln.frontends import TensorSpec
+from modelkiln.runtime.executors import Executor
+from modelkiln.runtime.model import host_arch, host_cpu_flags
+from modelkiln.targets import Target
+
+# Allowed error, relative to the largest reference magnitude of each output.
+TOLERANCE = {"float32": 1e-3, "float16": 3e-2, "bfloat16": 3e-2}
+SEED = 20261122
+
+
+@dataclass
+class Check:
+    """How a candidate was checked: where it ran and how far it was from the reference."""
+
+    status: str  # verified | mismatch | error | not run on target arch
+    ran_on: str  # e.g. "host (x86_64)", "qemu-user (aarch64)"
+    tolerance: float
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        """Within tolerance, on the target arch or by the checks that stand in for it."""
+        return self.status in ("verified", "not run on target arch")
+
+
+def host_can_run(target: Target) -> bool:
+    """True when code built for target runs natively here (same arch, needed CPU flags present)."""
+    if target.arch != host_arch():
+        return False
+    return target.arch != "x86_64" or set(target.features) <= host_cpu_flags()
+
+
+def sample_inputs(specs: list[TensorSpec], seed: int = SEED) -> dict[str, np.ndarray]:
+    """Inputs drawn from the declared shapes/dtypes: normal floats; integers and bools in {0, 1}
+    (valid token ids, masks and indices for any vocabulary)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in specs:
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            feeds[spec.name] = rng.standard_normal(spec.shape).astype(dtype)
+        else:
+            feeds[spec.name] = rng.integers(0, 2, size=spec.shape).astype(dtype)
+    return feeds
+
+
+def compare(outputs: list[np.ndarray], reference: list[np.ndarray], tolerance: float, ran_on: str) -> Check:
+    """Max abs and relative error over all outputs; relative = abs / max |reference| per output."""
+    if len(outputs) != len(reference):
+        return Check("mismatch", ran_on, tolerance, detail=f"{len(outputs)} outputs, reference has {len(reference)}")
+    worst_abs = worst_rel = 0.0
+    for i, (out, ref) in enumerate(zip(outputs, reference)):
+        if tuple(out.shape) != tuple(ref.shape):
+            return Check("mismatch", ran_on, tolerance,
+                         detail=f"output {i} has shape {list(out.shape)}, reference {list(ref.shape)}")
+        out64, ref64 = out.astype(np.float64), ref.astype(np.float64)
+        if not np.array_equal(np.isnan(out64), np.isnan(ref64)):
+            return Check("mismatch", ran_on, tolerance, detail=f"output {i} has NaNs where the reference has none")
+        diff = np.nan_to_num(np.abs(out64 - ref64), nan=0.0)
+        err = float(diff.max()) if diff.size else 0.0
+        scale = float(np.nan_to_num(np.abs(ref64)).max()) if ref64.size else 0.0
+        worst_abs = max(worst_abs, err)
+        worst_rel = max(worst_rel, err / max(scale, 1e-6))
+    status = "verified" if worst_rel <= tolerance else "mismatch"
+    return Check(status, ran_on, tolerance, worst_abs, worst_rel)
+
+
+ELF_MACHINES = {3: "x86", 62: "x86_64", 40: "arm", 183: "aarch64"}
+KILN_ARCH_ELF = {"x86_64": ("x86_64", 2), "aarch64": ("aarch64", 2), "armv7": ("arm", 1)}
+
+
+def embedded_elf_arches(data: bytes) -> set[tuple[str, int]]:
+    """(machine, ELF class) of every ELF image embedded in a file, e.g. the kernels inside a .vmfb."""
+    found = set()
+    start = data.find(b"\x7fELF")
+    while start != -1 and start + 20 <= len(data):
+        machine = int.from_bytes(data[start + 18:start + 20], "little")
+        found.add((ELF_MACHINES.get(machine, str(machine)), data[start + 4]))
+        start = data.find(b"\x7fELF", start + 4)
+    return found
+
+
+def median_latency_ms(executor: Executor, inputs: list[np.ndarray], budget_s: float = 2.0,
+                      min_runs: int = 5, max_runs: int = 100) -> float:
+    """Median wall time of one run, after two warm-up runs."""
+    for _ in range(2):
+        executor.run(inputs)
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        executor.run(inputs)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)

@@ -1,0 +1,28 @@
+"""Typed errors a user can act on. The CLI (and later the API) map them to output in one place each."""
+from __future__ import annotations
+
+
+class KilnError(Exception):
+    """Base of every error Kiln reports to a user instead of a backtrace."""
+
+    def describe(self) -> str:
+        return str(self)
+
+
+class ValidationError(KilnError):
+    """A request field is malformed or names something Kiln cannot honour."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class CompilationError(KilnError):
+    """A pipeline stage failed; `hint` says what the user should change."""
+
+    def __init__(self, stage: str, message: str, hint: str = "") -> None:
+        super().__init__(f"{stage}: {message}" + (f" Fix: {hint}" if hint else ""))
+        self.stage = stage
+        self.message = message
+        self.hint = hint

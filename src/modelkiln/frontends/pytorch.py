@@ -1,0 +1,96 @@
+"""PyTorch frontend: one TorchScript .pth/.pt, exported to ONNX. Reference: the TorchScript module in torch."""
+from __future__ import annotations
+
+import io
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from modelkiln.errors import CompilationError
+from modelkiln.frontends.base import ConvertedModel, Feeds, TensorSpec, exactly_one
+from modelkiln.frontends.input_config import FIELD, parse_data_input_config
+from modelkiln.frontends.onnx import check_operators, output_specs
+
+OPSET = 17
+TRACE_HINT = "save the model as TorchScript: torch.jit.trace(model.eval(), example_input).save('model.pth')"
+
+
+def load(model_dir: Path, data_input_config: str | None) -> ConvertedModel:
+    """Load the TorchScript file, trace it on the declared shapes and export it to ONNX."""
+    path = exactly_one(model_dir, (".pth", ".pt"), "PyTorch")
+    inputs = parse_data_input_config(data_input_config, allow_list=True)
+    if inputs is None:
+        raise CompilationError(
+            "convert", "PyTorch models need DataInputConfig: TorchScript files do not record input shapes.",
+            f"set {FIELD}, e.g. [[1,3,224,224]] or {{\"input0\": [1,3,224,224]}}.",
+        )
+    module = _load_torchscript(path)
+
+    def reference(feeds: Feeds) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = module(*[torch.from_numpy(np.ascontiguousarray(feeds[i.name])) for i in inputs])
+        return [t.numpy() for t in _flatten(out)]
+
+    outputs = output_specs(reference, inputs)
+    model = _export(module, inputs, outputs)
+    check_operators(model)
+    return ConvertedModel(
+        onnx_model=model, inputs=inputs, outputs=outputs, reference=reference, framework="PYTORCH",
+        framework_version=None,  # TorchScript archives do not record the torch version that wrote them
+        converters={"torch": torch.__version__.split("+")[0], "onnx": onnx.__version__},
+        notes=[f"TorchScript exported to ONNX opset {OPSET} with torch.onnx (TorchScript exporter)."],
+    )
+
+
+def _load_torchscript(path: Path) -> torch.jit.ScriptModule:
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        kind = "not a TorchScript archive"
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                if not any("/code/" in n for n in z.namelist()):
+                    kind = "a torch.save() pickle (weights or a Python module), not TorchScript"
+        raise CompilationError("convert", f"{path.name} is {kind} ({str(exc).splitlines()[0][:200]}).",
+                               TRACE_HINT) from None
+    return module.eval()
+
+
+def _export(module, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> onnx.ModelProto:
+    example = tuple(torch.zeros(i.shape, dtype=getattr(torch, i.dtype)) for i in inputs)
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, example, buffer, input_names=[i.name for i in inputs],
+                output_names=[o.name for o in outputs], opset_version=OPSET, dynamo=False,
+            )
+    except torch.onnx.errors.UnsupportedOperatorError as exc:
+        raise CompilationError(
+            "convert", f"torch.onnx cannot convert an operator: {str(exc).splitlines()[0]}",
+            "rewrite that part of the model with supported operations, or register a custom ONNX symbolic.",
+        ) from None
+    except Exception as exc:
+        raise CompilationError(
+            "convert", f"exporting the TorchScript module to ONNX failed: {str(exc).splitlines()[0][:400]}",
+            TRACE_HINT + " (scripted control flow that depends on data cannot be compiled).",
+        ) from None
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _flatten(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, list | tuple):
+        return [t for o in out for t in _flatten(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _flatten(o)]
+    raise CompilationError(
+        "convert", f"the model returns a {type(out).__name__}; only tensors (or tuples/lists/dicts of them) compile.",
+        "return tensors from forward().",
+    )

@@ -1,0 +1,189 @@
+"""Load a Kiln artifact (model.tar.gz or its extracted folder) and run it."""
+from __future__ import annotations
+
+import json
+import platform
+import tarfile
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from modelkiln.runtime.executors import open_executor
+
+META = "compiled.meta"
+_ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "armv7l": "armv7", "armv8l": "armv7"}
+
+
+class ArtifactError(ValueError):
+    """The artifact cannot run here, or was given inputs it does not take."""
+
+
+class Model:
+    """A compiled model: `Model("model.tar.gz").run({"data": x})` -> list of numpy arrays."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self.directory = self._materialize(Path(path))
+        meta_path = self.directory / META
+        if not meta_path.is_file():
+            raise ArtifactError(f"{path} is not a Kiln artifact: it has no {META}")
+        self.meta = json.loads(meta_path.read_text())
+        check_requirements(self.meta["Requirements"], device)
+        self._inputs = self.meta["Model"]["Inputs"]
+        self._outputs = self.meta["Model"]["Outputs"]
+        self._executor = open_executor(self.directory, self.meta, threads)
+
+    @property
+    def backend(self) -> str:
+        return self.meta["Backend"]["Name"]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i["name"] for i in self._inputs]
+
+    @property
+    def input_shapes(self) -> list[tuple[int, ...]]:
+        return [tuple(i["shape"]) for i in self._inputs]
+
+    @property
+    def input_dtypes(self) -> list[str]:
+        return [i["dtype"] for i in self._inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o["name"] for o in self._outputs]
+
+    @property
+    def output_shapes(self) -> list[tuple[int, ...]]:
+        return [tuple(o["shape"]) for o in self._outputs]
+
+    @property
+    def output_dtypes(self) -> list[str]:
+        return [o["dtype"] for o in self._outputs]
+
+    def run(self, inputs: np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run once. Inputs: one array (single-input models), a list in input order, or a dict by name."""
+        return self._executor.run(self._arrange(inputs))
+
+    def _arrange(self, inputs) -> list[np.ndarray]:
+        names = self.input_names
+        if isinstance(inputs, Mapping):
+            unknown = sorted(set(inputs) - set(names))
+            missing = [n for n in names if n not in inputs]
+            if unknown or missing:
+                raise ArtifactError(f"inputs must be named {names}; unknown {unknown}, missing {missing}")
+            arrays = [inputs[n] for n in names]
+        elif isinstance(inputs, np.ndarray):
+            if len(names) != 1:
+                raise ArtifactError(f"the model takes {len(names)} inputs {names}; pass a dict or a list")
+            arrays = [inputs]
+        else:
+            arrays = list(inputs)
+            if len(arrays) != len(names):
+                raise ArtifactError(f"the model takes {len(names)} inputs {names}, got {len(arrays)}")
+        return [self._conform(spec, a) for spec, a in zip(self._inputs, arrays)]
+
+    @staticmethod
+    def _conform(spec: dict, array) -> np.ndarray:
+        array = np.asarray(array)
+        if tuple(array.shape) != tuple(spec["shape"]):
+            raise ArtifactError(
+                f"input {spec['name']!r} must have shape {spec['shape']}, got {list(array.shape)} "
+                "(the model was compiled for fixed shapes: recompile with another DataInputConfig)"
+            )
+        if array.dtype != np.dtype(spec["dtype"]):
+            if not np.can_cast(array.dtype, spec["dtype"], casting="same_kind"):
+                raise ArtifactError(f"input {spec['name']!r} must be {spec['dtype']}, got {array.dtype}")
+            array = array.astype(spec["dtype"])
+        return np.ascontiguousarray(array)
+
+    def _materialize(self, path: Path) -> Path:
+        if path.is_dir():
+            return path
+        if not path.is_file():
+            raise ArtifactError(f"{path} does not exist")
+        if not tarfile.is_tarfile(path):
+            raise ArtifactError(f"{path} is neither an artifact folder nor a model.tar.gz")
+        self._tmp = tempfile.TemporaryDirectory(prefix="kiln-model-")
+        with tarfile.open(path) as tar:
+            tar.extractall(self._tmp.name, filter="data")
+        return Path(self._tmp.name)
+
+
+def host_arch() -> str:
+    """This machine's architecture in Kiln's terms (x86_64, aarch64, armv7)."""
+    machine = platform.machine().lower()
+    return _ARCH_ALIASES.get(machine, machine)
+
+
+def check_requirements(requirements: dict, device: str) -> None:
+    """Refuse an artifact built for another device type, architecture or CPU, naming both."""
+    wanted = requirements.get("TargetDeviceType", "cpu")
+    if wanted != device:
+        raise ArtifactError(f'Compiled model requires device type "{wanted}" but user gave "{device}".')
+    arch, target = requirements.get("Arch"), requirements.get("TargetDevice", "?")
+    if arch and arch != host_arch():
+        raise ArtifactError(
+            f"this artifact was built for {arch} ({target}), but this machine is {host_arch()}: "
+            f"run it on a {target} device, or compile again for this machine's target."
+        )
+    flags = host_cpu_flags()
+    missing = sorted(set(requirements.get("CpuFlags", [])) - flags)
+    if missing and flags:
+        raise ArtifactError(
+            f"this artifact was built for CPU {requirements.get('Mcpu')} ({target}) and needs CPU features "
+            f"{', '.join(missing)}, which this machine lacks: compile with an mcpu this CPU implements."
+        )
+
+
+def host_cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags from /proc/cpuinfo (empty where unknown)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+class DLRModel:
+    """DLR's Python API over a Kiln artifact, for code written against Neo's runtime."""
+
+    def __init__(self, model_path: str, dev_type: str = "cpu", dev_id: int = 0, threads: int | None = None) -> None:
+        self._model = Model(model_path, device=dev_type, threads=threads)
+
+    def run(self, input_values) -> list[np.ndarray]:
+        return self._model.run(input_values)
+
+    def get_input_names(self) -> list[str]:
+        return self._model.input_names
+
+    def get_output_names(self) -> list[str]:
+        return self._model.output_names
+
+    def get_input_dtypes(self) -> list[str]:
+        return self._model.input_dtypes
+
+    def get_output_dtypes(self) -> list[str]:
+        return self._model.output_dtypes
+
+    def get_input_dtype(self, index: int) -> str:
+        return self._model.input_dtypes[index]
+
+    def get_output_dtype(self, index: int) -> str:
+        return self._model.output_dtypes[index]
+
+    def get_input_shape(self, index: int) -> tuple[int, ...]:
+        return self._model.input_shapes[index]
+
+    def get_output_shape(self, index: int) -> tuple[int, ...]:
+        return self._model.output_shapes[index]
+
+    def has_metadata(self) -> bool:
+        return True
+
+    def get_version(self) -> str:
+        return self._model.meta.get("Kiln", {}).get("Version", "unknown")

@@ -1,0 +1,27 @@
+"""Run OpenVINO IR artifacts (.xml + .bin) on the CPU plugin."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+
+PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+
+
+class OpenVinoExecutor:
+    def __init__(self, xml_path: Path, dtype: str, threads: int | None) -> None:
+        config = {"INFERENCE_PRECISION_HINT": PRECISIONS[dtype], "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        core = ov.Core()
+        self._compiled = core.compile_model(core.read_model(str(xml_path)), "CPU", config)
+        self._request = self._compiled.create_infer_request()
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        results = self._request.infer(inputs)
+        return [np.array(results[o]) for o in self._compiled.outputs]
+
+
+def open(directory: Path, meta: dict, threads: int | None) -> OpenVinoExecutor:
+    return OpenVinoExecutor(directory / meta["Backend"]["Files"][0], meta.get("Dtype", "float32"), threads)

@@ -1,0 +1,168 @@
+"""Resolve a TargetDevice or TargetPlatform (+ CompilerOptions) to a concrete compile target.
+
+The facts live in `catalog.toml`; this module only reads them. To add a device, add a table there.
+"""
+from __future__ import annotations
+
+import functools
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelkiln.errors import ValidationError
+from modelkiln.targets.options import CompilerOptions
+
+CATALOG_PATH = Path(__file__).with_name("catalog.toml")
+
+# Neo's TargetPlatform Arch names -> the catalog's architecture names.
+PLATFORM_ARCHES = ("X86_64", "X86", "ARM64", "ARM_EABI", "ARM_EABIHF")
+PLATFORM_OSES = ("LINUX", "ANDROID")
+PLATFORM_ACCELERATORS = ("INTEL_GRAPHICS", "MALI", "NVIDIA", "NNA")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A concrete target: what to generate code for, and which backends may do it, best first."""
+
+    name: str  # "ml_c5" or "LINUX/ARM64"
+    arch: str  # catalog arch: x86_64 | aarch64 | armv7
+    triple: str
+    mcpu: str
+    features: tuple[str, ...]  # ARM: LLVM mattr; x86: host cpu flags needed to run the code
+    backends: tuple[str, ...]
+    device_type: str = "cpu"
+    os: str = "LINUX"
+    about: str = ""
+    note: str = ""
+
+    @property
+    def mattr(self) -> tuple[str, ...]:
+        """LLVM features to pass to code generators (x86 derives them from mcpu)."""
+        return () if self.arch == "x86_64" else self.features
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """A catalog entry Kiln cannot build for, with the reason a user sees."""
+
+    name: str
+    reason: str
+
+
+@functools.cache
+def load_catalog() -> dict:
+    """The parsed catalog.toml."""
+    with CATALOG_PATH.open("rb") as f:
+        return tomllib.load(f)
+
+
+def device_names() -> list[str]:
+    return sorted(load_catalog()["devices"])
+
+
+def entry_for_device(device: str) -> Target | Unsupported:
+    """Catalog entry for a TargetDevice value, before CompilerOptions are applied."""
+    devices = load_catalog()["devices"]
+    if device not in devices:
+        raise ValidationError(
+            "OutputConfig.TargetDevice",
+            f"unknown TargetDevice {device!r}; known: {', '.join(sorted(devices))}",
+        )
+    return _entry(device, devices[device])
+
+
+def entry_for_platform(os: str, arch: str, accelerator: str | None = None) -> Target | Unsupported:
+    """Catalog entry for a TargetPlatform (Os, Arch, Accelerator)."""
+    _check_enum("OutputConfig.TargetPlatform.Os", os, PLATFORM_OSES)
+    _check_enum("OutputConfig.TargetPlatform.Arch", arch, PLATFORM_ARCHES)
+    if accelerator is not None:
+        _check_enum("OutputConfig.TargetPlatform.Accelerator", accelerator, PLATFORM_ACCELERATORS)
+    catalog = load_catalog()
+    platforms = catalog["platforms"]
+    name = f"{os}/{arch}" + (f"/{accelerator}" if accelerator else "")
+    if name in platforms:
+        return _entry(name, platforms[name], os=os)
+    if accelerator:
+        return _entry(name, catalog["accelerators"][accelerator], os=os)
+    return _entry(name, platforms[f"{os}/{arch}"], os=os)
+
+
+def resolve(
+    options: CompilerOptions,
+    device: str | None = None,
+    platform_: dict[str, str] | None = None,
+) -> Target:
+    """The concrete Target for a device or platform, with mcpu/mattr overrides applied."""
+    if (device is None) == (platform_ is None):
+        raise ValidationError(
+            "OutputConfig", "give exactly one of TargetDevice and TargetPlatform"
+        )
+    if device is not None:
+        entry = entry_for_device(device)
+    else:
+        assert platform_ is not None
+        for key in platform_:
+            if key not in ("Os", "Arch", "Accelerator"):
+                raise ValidationError(
+                    f"OutputConfig.TargetPlatform.{key}", "unknown member; use Os, Arch, Accelerator"
+                )
+        for key in ("Os", "Arch"):
+            if key not in platform_:
+                raise ValidationError(f"OutputConfig.TargetPlatform.{key}", "is required")
+        entry = entry_for_platform(platform_["Os"], platform_["Arch"], platform_.get("Accelerator"))
+    if isinstance(entry, Unsupported):
+        field = "OutputConfig.TargetDevice" if device else "OutputConfig.TargetPlatform"
+        raise ValidationError(field, f"{entry.name} is not supported: {entry.reason}")
+    return apply_options(entry, options)
+
+
+def apply_options(target: Target, options: CompilerOptions) -> Target:
+    """Apply mcpu/mattr from CompilerOptions; an unknown CPU name is an error, never a fallback."""
+    cpus = load_catalog()["arch"][target.arch]["cpus"]
+    mcpu, features = target.mcpu, target.features
+    if options.mcpu is not None:
+        if options.mcpu not in cpus:
+            raise ValidationError(
+                "OutputConfig.CompilerOptions.mcpu",
+                f"unknown CPU {options.mcpu!r} for {target.arch}; known: {', '.join(sorted(cpus))}",
+            )
+        mcpu, features = options.mcpu, tuple(cpus[options.mcpu])
+    if options.mattr:
+        if target.arch == "x86_64":
+            raise ValidationError(
+                "OutputConfig.CompilerOptions.mattr",
+                "x86 features come from mcpu (e.g. skylake-avx512); mattr applies to ARM targets",
+            )
+        features = tuple(dict.fromkeys(features + options.mattr))
+    backends = target.backends
+    if options.backend is not None:
+        if options.backend not in backends:
+            raise ValidationError(
+                "OutputConfig.CompilerOptions.kiln-backend",
+                f"backend {options.backend!r} cannot build for {target.name} ({target.arch}); "
+                f"eligible: {', '.join(backends)}",
+            )
+        backends = (options.backend,)
+    return Target(**{**target.__dict__, "mcpu": mcpu, "features": features, "backends": backends})
+
+
+def _entry(name: str, table: dict, os: str = "LINUX") -> Target | Unsupported:
+    if "unsupported" in table:
+        return Unsupported(name, table["unsupported"])
+    arch = load_catalog()["arch"][table["arch"]]
+    return Target(
+        name=name,
+        arch=table["arch"],
+        triple=arch["triple"],
+        mcpu=table["mcpu"],
+        features=tuple(arch["cpus"][table["mcpu"]]),
+        backends=tuple(table.get("backends", arch["backends"])),
+        os=os,
+        about=table.get("about", ""),
+        note=table.get("note", ""),
+    )
+
+
+def _check_enum(field: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValidationError(field, f"{value!r} is not one of {', '.join(allowed)}")
