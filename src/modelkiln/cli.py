@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--output-dir", type=Path, help="save outputs there as <output name>.npy")
     r.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     r.add_argument("--device", default="cpu", help="device type the artifact must be built for (default: cpu)")
+    r.add_argument("--emulate", action="store_true",
+                   help="run an artifact built for another CPU (aarch64 IREE) under qemu-user")
     r.set_defaults(func=_run)
 
     t = sub.add_parser("targets", help="list every TargetDevice and TargetPlatform and what Kiln builds for it")
@@ -105,28 +107,60 @@ def _run(args: argparse.Namespace) -> int:
     from modelkiln.runtime import ArtifactError, Model
 
     try:
-        model = Model(args.artifact, device=args.device, threads=args.threads)
-        if args.random:
-            rng = np.random.default_rng(0)
-            inputs = [rng.standard_normal(s).astype(d) for s, d in zip(model.input_shapes, model.input_dtypes)]
-        elif not args.input:
-            raise ArtifactError(f"give --input FILE.npy (inputs: {model.input_names}) or --random")
-        elif any("=" in i for i in args.input):
-            inputs = {k: np.load(v) for k, v in (i.split("=", 1) for i in args.input)}
+        if args.emulate:
+            meta, outputs, how = _run_emulated(args)
         else:
-            inputs = [np.load(i) for i in args.input]
-        outputs = model.run(inputs)
-    except (ArtifactError, OSError) as exc:
+            model = Model(args.artifact, device=args.device, threads=args.threads)
+            meta, outputs, how = model.meta, model.run(_inputs(args, model.meta)), "on this host"
+    except (ArtifactError, OSError, RuntimeError) as exc:
         print(f"kiln: {exc}", file=sys.stderr)
         return 1
-    print(f"{model.backend} artifact for {model.meta['Requirements']['TargetDevice']}")
-    for name, out in zip(model.output_names, outputs):
+    print(f"{meta['Backend']['Name']} artifact for {meta['Requirements']['TargetDevice']}, run {how}")
+    for name, out in zip([o["name"] for o in meta["Model"]["Outputs"]], outputs):
         flat = out.reshape(-1)
         print(f"{name}: shape {list(out.shape)} {out.dtype} first values {np.array2string(flat[:6], precision=5)}")
         if args.output_dir:
             args.output_dir.mkdir(parents=True, exist_ok=True)
             np.save(args.output_dir / f"{name}.npy", out)
     return 0
+
+
+def _inputs(args: argparse.Namespace, meta: dict):
+    """Inputs from --input files (in order, or NAME=FILE) or --random, for the artifact's declared inputs."""
+    import numpy as np
+
+    from modelkiln.runtime import ArtifactError
+
+    specs = meta["Model"]["Inputs"]
+    if args.random:
+        rng = np.random.default_rng(0)
+        return [rng.standard_normal(i["shape"]).astype(i["dtype"]) for i in specs]
+    if not args.input:
+        raise ArtifactError(f"give --input FILE.npy (inputs: {[i['name'] for i in specs]}) or --random")
+    if any("=" in i for i in args.input):
+        return {k: np.load(v) for k, v in (i.split("=", 1) for i in args.input)}
+    return [np.load(i) for i in args.input]
+
+
+def _run_emulated(args: argparse.Namespace):
+    """Run an aarch64 IREE artifact here under qemu-user, as Kiln's own verification does."""
+    from modelkiln.compiler import emulation
+    from modelkiln.runtime import ArtifactError
+    from modelkiln.runtime.model import unpack
+
+    directory, meta, _tmp = unpack(args.artifact)
+    backend, arch = meta["Backend"], meta["Requirements"]["Arch"]
+    if backend["Name"] != "iree":
+        raise ArtifactError(f"--emulate runs IREE artifacts; this one was built by {backend['Name']}")
+    emulator = emulation.find_emulator(arch)
+    if isinstance(emulator, str):
+        raise ArtifactError(f"cannot emulate {arch}: {emulator}")
+    inputs = _inputs(args, meta)
+    if isinstance(inputs, dict):
+        inputs = [inputs[i["name"]] for i in meta["Model"]["Inputs"]]
+    outputs = emulation.run_iree(emulator, directory / backend["Files"][0], backend["Entry"], inputs,
+                                 len(meta["Model"]["Outputs"]))
+    return meta, outputs, f"under {emulator.describe()}"
 
 
 def _targets(args: argparse.Namespace) -> int:

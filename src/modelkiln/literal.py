@@ -12,11 +12,11 @@ def parse_literal(text: str, field_name: str) -> Any:
     """Parse strict JSON, or a Python literal (single quotes) as AWS's documentation examples use."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         pass
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
         raise ValidationError(
             field_name, f"is neither JSON nor a Python literal ({exc.__class__.__name__}): {text[:80]!r}"
         ) from None

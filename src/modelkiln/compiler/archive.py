@@ -26,12 +26,12 @@ def extract_model(source: Path, dest: Path, limits: Limits = Limits()) -> Path:
     if not source.is_file():
         raise CompilationError("fetch", f"{source} does not exist.", "give the path of model.tar.gz.")
     dest.mkdir(parents=True, exist_ok=True)
-    if not tarfile.is_tarfile(source):
-        if source.name.endswith((".tar.gz", ".tgz", ".tar")):
-            raise CompilationError("fetch", f"{source.name} is not a readable tar archive.", HINT)
-        shutil.copy(source, dest / source.name)  # a bare model file: convenient for `kiln compile`
-        return dest
     try:
+        if not tarfile.is_tarfile(source):
+            if source.name.endswith((".tar.gz", ".tgz", ".tar")):
+                raise CompilationError("fetch", f"{source.name} is not a readable tar archive.", HINT)
+            shutil.copy(source, dest / source.name)  # a bare model file: convenient for `kiln compile`
+            return dest
         with tarfile.open(source, "r:*") as tar:
             _extract(tar, dest, limits)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
@@ -63,7 +63,7 @@ def _extract(tar: tarfile.TarFile, dest: Path, limits: Limits) -> None:
                 total += len(chunk)
                 if total > limits.max_bytes:
                     raise CompilationError(
-                        "fetch", f"the archive unpacks to more than {limits.max_bytes >> 20} MiB; refused.",
+                        "fetch", f"the archive unpacks to more than {limits.max_bytes:,} bytes; refused.",
                         "ship a smaller model, or raise KILN_MAX_MODEL_BYTES on the server.",
                     )
                 out.write(chunk)

@@ -30,7 +30,7 @@ def build_meta(target: Target, model: ConvertedModel, backend: Backend, output: 
         "Backend": {"Name": backend.name, "Version": backend.version(), "Files": output.files,
                     "Runtime": backend.runtime_requirement(), **output.entry},
         "Target": {"Name": target.name, "Triple": target.triple, "Mcpu": target.mcpu, "Mattr": list(target.mattr)},
-        "Dtype": options.dtype,
+        "Precision": options.precision,
         "Source": {"Framework": model.framework, "FrameworkVersion": model.framework_version,
                    "Converters": model.converters},
         "Kiln": {"Version": __version__},

@@ -77,7 +77,7 @@ def compile_job(job: CompileJob, progress: Progress = lambda stage, msg: None) -
         with _stage("fetch", stages, progress, f"unpacking {job.model.name}"):
             model_dir = extract_model(job.model, work / "model")
         with _stage("convert", stages, progress, f"reading the {job.framework} model"):
-            model = frontend_for(job.framework)(model_dir, job.data_input_config)
+            model = frontend_for(job.framework)(model_dir, job.data_input_config, options.input_dtype)
             feeds = sample_inputs(model.inputs)
             expected = model.reference(feeds)
         native = host_can_run(target)
@@ -132,7 +132,7 @@ def _try_candidate(ctx: _Context, cand: Candidate, workdir: Path) -> None:
     try:
         if ctx.native:
             executor = open_executor(workdir, meta)
-            cand.check = compare(executor.run(_ordered(ctx)), ctx.expected, TOLERANCE[ctx.options.dtype],
+            cand.check = compare(executor.run(_ordered(ctx)), ctx.expected, TOLERANCE[ctx.options.precision],
                                  f"host ({host_arch()})")
             if cand.check.passed:
                 cand.threads = os.cpu_count()
@@ -140,7 +140,7 @@ def _try_candidate(ctx: _Context, cand: Candidate, workdir: Path) -> None:
         else:
             cand.check = _verify_foreign(ctx, backend, output, meta, workdir)
     except Exception as exc:  # a crash in one candidate's runtime must not end the job
-        cand.check = Check("error", "host", TOLERANCE[ctx.options.dtype], detail=_brief(exc))
+        cand.check = Check("error", "host", TOLERANCE[ctx.options.precision], detail=_brief(exc))
     cand.status = "verified" if cand.check.passed else "rejected"
     if not cand.check.passed:
         cand.reason = cand.check.detail or (
@@ -150,7 +150,7 @@ def _try_candidate(ctx: _Context, cand: Candidate, workdir: Path) -> None:
 
 def _verify_foreign(ctx: _Context, backend: Backend, output: BackendOutput, meta: dict, workdir: Path) -> Check:
     """Check a candidate this host cannot run natively: emulate it, or check what can be checked."""
-    tolerance = TOLERANCE[ctx.options.dtype]
+    tolerance = TOLERANCE[ctx.options.precision]
     inputs = _ordered(ctx)
     if backend.portable:  # same bytes, another CPU: run them here, but say where they did not run
         check = compare(open_executor(workdir, meta).run(inputs), ctx.expected, tolerance,
@@ -173,7 +173,7 @@ def _host_twin_check(ctx: _Context, backend: Backend, module: Path, why_not: str
         out = backend.compile(ctx.model.onnx_model, twin, ctx.options, Path(tmp))
         meta = build_meta(twin, ctx.model, backend, out, ctx.options)
         check = compare(open_executor(Path(tmp), meta).run(_ordered(ctx)), ctx.expected,
-                        TOLERANCE[ctx.options.dtype], f"host twin ({host_arch()})")
+                        TOLERANCE[ctx.options.precision], f"host twin ({host_arch()})")
     machine, elf_class = KILN_ARCH_ELF[ctx.target.arch]
     kernels = embedded_elf_arches(module.read_bytes())
     if kernels != {(machine, elf_class)}:

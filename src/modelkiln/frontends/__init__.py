@@ -1,4 +1,5 @@
-"""Framework frontends: one module per framework, each `load(model_dir, data_input_config) -> ConvertedModel`.
+"""Framework frontends: one module per framework, each
+`load(model_dir, data_input_config, input_dtype) -> ConvertedModel` (input_dtype: CompilerOptions DTYPE).
 
 To add a framework: write `frontends/<name>.py` with a `load` function and register it in FRONTENDS.
 """
@@ -30,7 +31,7 @@ def check_framework(framework: str) -> None:
         )
 
 
-def frontend_for(framework: str) -> Callable[[Path, str | None], ConvertedModel]:
+def frontend_for(framework: str) -> Callable[[Path, str | None, str | None], ConvertedModel]:
     """The `load` function of the framework's frontend module."""
     check_framework(framework)
     return importlib.import_module(f"modelkiln.frontends.{FRONTENDS[framework]}").load

@@ -15,10 +15,12 @@ from modelkiln.frontends.base import TensorSpec
 from modelkiln.literal import parse_literal
 
 FIELD = "InputConfig.DataInputConfig"
+INPUT_ALIASES = {"float": "float32", "long": "int64", "double": "float64"}  # Neo's spellings
 
 
-def parse_data_input_config(text: str | None, allow_list: bool = False) -> list[TensorSpec] | None:
-    """Parse DataInputConfig; None when absent. Dtype defaults to float32 (checked later per model)."""
+def parse_data_input_config(text: str | None, allow_list: bool = False,
+                            default_dtype: str = "float32") -> list[TensorSpec] | None:
+    """Parse DataInputConfig; None when absent. Untyped inputs get default_dtype (CompilerOptions DTYPE)."""
     if text is None or not text.strip():
         return None
     raw = parse_literal(text, FIELD)
@@ -34,11 +36,10 @@ def parse_data_input_config(text: str | None, allow_list: bool = False) -> list[
         raise ValidationError(FIELD, "must be a JSON object such as {\"data\": [1,3,224,224]}")
     if not items:
         raise ValidationError(FIELD, "names no inputs")
-    return [_spec(str(name), value) for name, value in items]
+    return [_spec(str(name), value, default_dtype) for name, value in items]
 
 
-def _spec(name: str, value: Any) -> TensorSpec:
-    dtype = "float32"
+def _spec(name: str, value: Any, dtype: str) -> TensorSpec:
     if isinstance(value, dict):
         unknown = set(value) - {"shape", "dtype"}
         if unknown or "shape" not in value:
@@ -50,7 +51,10 @@ def _spec(name: str, value: Any) -> TensorSpec:
     if any(d < 1 for d in value):
         raise ValidationError(f"{FIELD}.{name}", f"every dimension must be >= 1, got {value}")
     try:
-        dtype = np.dtype(dtype).name
+        parsed = np.dtype(INPUT_ALIASES.get(dtype, dtype)) if isinstance(dtype, str) else None
     except TypeError:
-        raise ValidationError(f"{FIELD}.{name}.dtype", f"unknown dtype {dtype!r}") from None
+        parsed = None
+    if parsed is None or parsed.kind not in "biuf":
+        raise ValidationError(f"{FIELD}.{name}.dtype", f"{dtype!r} is not a numeric dtype such as float32 or int64")
+    dtype = parsed.name
     return TensorSpec(name, tuple(value), dtype)

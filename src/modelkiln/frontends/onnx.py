@@ -16,8 +16,10 @@ MAX_IR_VERSION = 10  # the newest IR onnxruntime 1.31 loads; onnx 1.23 helpers w
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 
 
-def load(model_dir: Path, data_input_config: str | None) -> ConvertedModel:
-    """Load the archive's .onnx file, pin its input shapes, and check it is standard ONNX."""
+def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None = None) -> ConvertedModel:
+    """Load the archive's .onnx file, pin its input shapes, and check it is standard ONNX.
+
+    Input dtypes come from the graph itself, so CompilerOptions DTYPE is not needed here."""
     path = exactly_one(model_dir, (".onnx",), "ONNX")
     try:
         model = onnx.load(str(path))

@@ -1,9 +1,13 @@
 """PyTorch frontend: one TorchScript .pth/.pt, exported to ONNX. Reference: the TorchScript module in torch."""
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import sys
 import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +23,10 @@ OPSET = 17
 TRACE_HINT = "save the model as TorchScript: torch.jit.trace(model.eval(), example_input).save('model.pth')"
 
 
-def load(model_dir: Path, data_input_config: str | None) -> ConvertedModel:
+def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None = None) -> ConvertedModel:
     """Load the TorchScript file, trace it on the declared shapes and export it to ONNX."""
     path = exactly_one(model_dir, (".pth", ".pt"), "PyTorch")
-    inputs = parse_data_input_config(data_input_config, allow_list=True)
+    inputs = parse_data_input_config(data_input_config, allow_list=True, default_dtype=input_dtype or "float32")
     if inputs is None:
         raise CompilationError(
             "convert", "PyTorch models need DataInputConfig: TorchScript files do not record input shapes.",
@@ -64,7 +68,7 @@ def _export(module, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> onnx
     example = tuple(torch.zeros(i.shape, dtype=getattr(torch, i.dtype)) for i in inputs)
     buffer = io.BytesIO()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _native_output_silenced():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module, example, buffer, input_names=[i.name for i in inputs],
@@ -81,6 +85,20 @@ def _export(module, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> onnx
             TRACE_HINT + " (scripted control flow that depends on data cannot be compiled).",
         ) from None
     return onnx.load_from_string(buffer.getvalue())
+
+
+@contextlib.contextmanager
+def _native_output_silenced() -> Iterator[None]:
+    """torch's C++ exporter dumps its whole IR graph to stdout on failure; our error says what matters."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _flatten(out) -> list[torch.Tensor]:

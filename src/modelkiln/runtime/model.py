@@ -24,12 +24,7 @@ class Model:
     """A compiled model: `Model("model.tar.gz").run({"data": x})` -> list of numpy arrays."""
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
-        self._tmp: tempfile.TemporaryDirectory | None = None
-        self.directory = self._materialize(Path(path))
-        meta_path = self.directory / META
-        if not meta_path.is_file():
-            raise ArtifactError(f"{path} is not a Kiln artifact: it has no {META}")
-        self.meta = json.loads(meta_path.read_text())
+        self.directory, self.meta, self._tmp = unpack(Path(path))
         check_requirements(self.meta["Requirements"], device)
         self._inputs = self.meta["Model"]["Inputs"]
         self._outputs = self.meta["Model"]["Outputs"]
@@ -99,17 +94,24 @@ class Model:
             array = array.astype(spec["dtype"])
         return np.ascontiguousarray(array)
 
-    def _materialize(self, path: Path) -> Path:
-        if path.is_dir():
-            return path
-        if not path.is_file():
-            raise ArtifactError(f"{path} does not exist")
-        if not tarfile.is_tarfile(path):
-            raise ArtifactError(f"{path} is neither an artifact folder nor a model.tar.gz")
-        self._tmp = tempfile.TemporaryDirectory(prefix="kiln-model-")
+
+def unpack(path: Path) -> tuple[Path, dict, tempfile.TemporaryDirectory | None]:
+    """(folder, compiled.meta, temp dir to keep alive) for an artifact folder or model.tar.gz."""
+    tmp = None
+    if path.is_file() and tarfile.is_tarfile(path):
+        tmp = tempfile.TemporaryDirectory(prefix="kiln-model-")
         with tarfile.open(path) as tar:
-            tar.extractall(self._tmp.name, filter="data")
-        return Path(self._tmp.name)
+            tar.extractall(tmp.name, filter="data")
+        directory = Path(tmp.name)
+    elif path.is_dir():
+        directory = path
+    elif path.exists():
+        raise ArtifactError(f"{path} is neither an artifact folder nor a model.tar.gz")
+    else:
+        raise ArtifactError(f"{path} does not exist")
+    if not (directory / META).is_file():
+        raise ArtifactError(f"{path} is not a Kiln artifact: it has no {META}")
+    return directory, json.loads((directory / META).read_text()), tmp
 
 
 def host_arch() -> str:

@@ -10,8 +10,8 @@ PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 
 
 class OpenVinoExecutor:
-    def __init__(self, xml_path: Path, dtype: str, threads: int | None) -> None:
-        config = {"INFERENCE_PRECISION_HINT": PRECISIONS[dtype], "PERFORMANCE_HINT": "LATENCY"}
+    def __init__(self, xml_path: Path, precision: str, threads: int | None) -> None:
+        config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         core = ov.Core()
@@ -24,4 +24,4 @@ class OpenVinoExecutor:
 
 
 def open(directory: Path, meta: dict, threads: int | None) -> OpenVinoExecutor:
-    return OpenVinoExecutor(directory / meta["Backend"]["Files"][0], meta.get("Dtype", "float32"), threads)
+    return OpenVinoExecutor(directory / meta["Backend"]["Files"][0], meta.get("Precision", "float32"), threads)

@@ -8,7 +8,10 @@ from modelkiln.errors import ValidationError
 from modelkiln.literal import parse_literal
 
 FIELD = "OutputConfig.CompilerOptions"
-DTYPES = ("float32", "float16", "bfloat16")
+PRECISIONS = ("float32", "float16", "bfloat16")
+# Neo's DTYPE: the data type of a PyTorch model's inputs, with the aliases AWS documents.
+INPUT_DTYPES = {"float": "float32", "float32": "float32", "float16": "float16", "int32": "int32",
+                "int64": "int64", "long": "int64"}
 BACKENDS = ("onnxruntime", "openvino", "iree")
 # Neo options Kiln records but that only matter to targets this release does not build.
 RECORDED = (
@@ -23,8 +26,9 @@ class CompilerOptions:
 
     mcpu: str | None = None
     mattr: tuple[str, ...] = ()
-    dtype: str = "float32"
-    backend: str | None = None  # Kiln's own `kiln-backend`: pin one backend
+    input_dtype: str | None = None  # DTYPE: dtype of inputs DataInputConfig does not type itself
+    precision: str = "float32"  # Kiln's `kiln-precision`: compute precision a backend may use
+    backend: str | None = None  # Kiln's `kiln-backend`: pin one backend
     recorded: dict[str, Any] = field(default_factory=dict)
 
 
@@ -35,14 +39,15 @@ def parse_compiler_options(text: str | None) -> CompilerOptions:
     raw = parse_literal(text, FIELD)
     if not isinstance(raw, dict):
         raise ValidationError(FIELD, "must be a JSON object, e.g. {\"mcpu\": \"cortex-a72\"}")
-    known = ("mcpu", "mattr", "DTYPE", "kiln-backend") + RECORDED
+    known = ("mcpu", "mattr", "DTYPE", "dtype", "kiln-backend", "kiln-precision") + RECORDED
     for key in raw:
         if key not in known:
             raise ValidationError(f"{FIELD}.{key}", f"unknown option; known: {', '.join(known)}")
     return CompilerOptions(
         mcpu=_mcpu(raw.get("mcpu")),
         mattr=_mattr(raw.get("mattr")),
-        dtype=_choice("DTYPE", raw.get("DTYPE", "float32"), DTYPES),
+        input_dtype=_input_dtype(raw),
+        precision=_choice("kiln-precision", raw.get("kiln-precision", "float32"), PRECISIONS),
         backend=_choice("kiln-backend", raw["kiln-backend"], BACKENDS) if "kiln-backend" in raw else None,
         recorded={k: raw[k] for k in RECORDED if k in raw},
     )
@@ -67,6 +72,16 @@ def _mattr(value: Any) -> tuple[str, ...]:
         if item[0] not in "+-" or len(item) < 2:
             raise ValidationError(f"{FIELD}.mattr", f"feature {item!r} must start with + or -")
     return tuple(items)
+
+
+def _input_dtype(raw: dict[str, Any]) -> str | None:
+    key = "DTYPE" if "DTYPE" in raw else "dtype"
+    if key not in raw:
+        return None
+    value = raw[key]
+    if not isinstance(value, str) or value.lower() not in INPUT_DTYPES:
+        raise ValidationError(f"{FIELD}.{key}", f"{value!r} is not one of {', '.join(INPUT_DTYPES)}")
+    return INPUT_DTYPES[value.lower()]
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:

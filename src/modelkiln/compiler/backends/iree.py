@@ -58,8 +58,8 @@ class IreeBackend:
             source.unlink(missing_ok=True)
             mlir.unlink(missing_ok=True)
         notes = []
-        if options.dtype != "float32":
-            notes.append(f"IREE demotes the inputs of matmuls and convolutions to {options.dtype}; "
+        if options.precision != "float32":
+            notes.append(f"IREE demotes the inputs of matmuls and convolutions to {options.precision}; "
                          "accumulation and other operators stay fp32.")
         return BackendOutput(
             files=[FILE], entry={"Entry": _entry_name(model)},
@@ -83,8 +83,8 @@ def compile_flags(target: Target, options: CompilerOptions) -> list[str]:
         flags.append("--iree-llvmcpu-target-cpu-features=" + ",".join(target.mattr))
     if target.arch == "armv7":
         flags.append("--iree-llvmcpu-debug-symbols=false")  # else: "imports are not supported" at load
-    if options.dtype != "float32":
-        short = {"float16": "f16", "bfloat16": "bf16"}[options.dtype]
+    if options.precision != "float32":
+        short = {"float16": "f16", "bfloat16": "bf16"}[options.precision]
         flags += [f"--iree-global-opt-demote-contraction-inputs-type={short}",
                   "--iree-global-opt-demote-contraction-inputs-operations=all"]
     return flags

@@ -26,8 +26,8 @@ class OnnxRuntimeBackend:
         return f"onnxruntime=={version('onnxruntime')}"
 
     def unsupported_reason(self, target: Target, options: CompilerOptions) -> str | None:
-        if options.dtype != "float32":
-            return f"DTYPE {options.dtype} is not applied by onnxruntime's CPU provider"
+        if options.precision != "float32":
+            return f"kiln-precision {options.precision} is not applied by onnxruntime's CPU provider"
         return None
 
     def compile(self, model: onnx.ModelProto, target: Target, options: CompilerOptions, workdir: Path) -> BackendOutput:

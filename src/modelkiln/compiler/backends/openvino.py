@@ -1,4 +1,4 @@
-"""OpenVINO backend: OpenVINO IR (.xml + .bin) for its CPU plugin; fp32 unless DTYPE asks otherwise."""
+"""OpenVINO backend: OpenVINO IR (.xml + .bin) for its CPU plugin; fp32 unless kiln-precision asks otherwise."""
 from __future__ import annotations
 
 from importlib.metadata import version
@@ -37,8 +37,8 @@ class OpenVinoBackend:
         finally:
             source.unlink()
         notes = []
-        if options.dtype != "float32":
-            notes.append(f"OpenVINO runs with INFERENCE_PRECISION_HINT={options.dtype} (weights stay fp32).")
+        if options.precision != "float32":
+            notes.append(f"OpenVINO runs with INFERENCE_PRECISION_HINT={options.precision} (weights stay fp32).")
         return BackendOutput(
             files=["compiled.xml", "compiled.bin"],
             command="openvino.save_model(openvino.convert_model(model.onnx), compiled.xml, compress_to_fp16=False)",

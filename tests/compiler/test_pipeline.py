@@ -1,0 +1,167 @@
+"""Real compiles of small real models for x86-64, aarch64 (checked under qemu-user) and armv7."""
+from __future__ import annotations
+
+import json
+import tarfile
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto
+from onnx.helper import make_node, make_tensor_value_info
+
+from modelkiln.compiler import CompileJob, compile_job
+from modelkiln.errors import CompilationError, ValidationError
+from modelkiln.runtime import Model
+
+from ..conftest import compile_cnn, onnx_model, tar_gz
+
+
+def test_x86_compiles_every_backend_verifies_and_ships_the_fastest(x86_artifact):
+    report, out = x86_artifact
+    by_name = {c.backend: c for c in report.candidates}
+    assert set(by_name) == {"onnxruntime", "openvino", "iree"}
+    for cand in report.candidates:
+        assert cand.check is not None and cand.check.status == "verified", cand
+        assert cand.check.ran_on == "host (x86_64)"
+        assert cand.check.max_rel_err <= cand.check.tolerance
+        assert cand.latency_ms > 0 and cand.size_bytes > 0
+    winner = report.winner()
+    assert winner.status == "selected"
+    assert winner.latency_ms == min(c.latency_ms for c in report.candidates)
+    assert "fastest" in report.selection
+
+
+def test_artifact_layout_meta_and_report(x86_artifact):
+    report, out = x86_artifact
+    with tarfile.open(out / "model.tar.gz") as tar:
+        names = set(tar.getnames())
+        meta = json.load(tar.extractfile("compiled.meta"))
+        inner_report = json.load(tar.extractfile("report.json"))
+    assert {"compiled.meta", "report.json"} <= names
+    assert set(meta["Backend"]["Files"]) <= names
+    assert all(n.startswith("compiled.") or n == "report.json" for n in names)
+    assert meta["Requirements"] == {**meta["Requirements"], "TargetDevice": "ml_c5", "TargetDeviceType": "cpu",
+                                     "Arch": "x86_64"}
+    assert meta["Model"]["Inputs"] == [{"name": "data", "shape": [1, 3, 32, 32], "dtype": "float32"}]
+    assert meta["Model"]["Outputs"][0]["shape"] == [1, 10]
+    assert meta["Backend"]["Name"] == report.selected
+    assert inner_report["selected"] == report.selected
+    assert len(inner_report["candidates"]) == 3
+    outer = json.loads((out / "report.json").read_text())
+    assert outer["artifact_sha256"] == report.artifact_sha256
+
+
+def test_aarch64_runs_under_qemu_and_matches(aarch64_artifact):
+    report, out = aarch64_artifact
+    assert report.target["arch"] == "aarch64" and report.target["mcpu"] == "cortex-a72"
+    assert "+neon" in report.target["mattr"]
+    winner = report.winner()
+    assert winner.backend == "iree"  # the catalog's first choice for aarch64
+    assert winner.check.status == "verified"
+    assert "qemu" in winner.check.ran_on
+    assert winner.check.max_rel_err <= 1e-3
+    assert winner.latency_ms is None  # never timed under emulation
+    assert [c.status for c in report.candidates[1:]] == ["not tried", "not tried"]
+
+
+def test_armv7_is_not_run_and_says_what_was_checked(models, tmp_path):
+    report = compile_cnn(models, tmp_path, target_device="rasp3b")
+    winner = report.winner()
+    assert winner.backend == "iree"
+    assert winner.check.status == "not run on target arch"
+    assert "checked instead" in winner.check.detail and "arm ELF32" in winner.check.detail
+    assert "debug-symbols=false" in winner.command and "armv7a-linux-gnueabihf" in winner.command
+    assert "verified" not in json.dumps(json.loads((tmp_path / "report.json").read_text())["candidates"][0]["check"])
+
+
+def test_target_platform_and_pinned_backend(models, tmp_path):
+    report = compile_cnn(models, tmp_path, target_platform={"Os": "LINUX", "Arch": "ARM64"},
+                         compiler_options='{"kiln-backend": "onnxruntime"}')
+    assert [c.backend for c in report.candidates] == ["onnxruntime"]
+    assert report.selection == "pinned by CompilerOptions kiln-backend"
+    check = report.winner().check
+    assert check.status == "not run on target arch" and "same bytes" in check.ran_on
+
+
+def test_pinned_backend_on_x86(models, tmp_path):
+    report = compile_cnn(models, tmp_path, target_device="ml_c5", compiler_options="{'kiln-backend': 'iree'}")
+    assert report.selected == "iree" and len(report.candidates) == 1
+    assert Model(tmp_path / "model.tar.gz").backend == "iree"
+
+
+def test_mcpu_option_reaches_iree(models, tmp_path):
+    report = compile_cnn(models, tmp_path, target_device="rasp4b",
+                         compiler_options='{"mcpu": "cortex-a53", "mattr": ["+crc"]}')
+    assert "--iree-llvmcpu-target-cpu=cortex-a53" in report.winner().command
+    assert report.winner().check.status == "verified"
+
+
+def test_pytorch_list_form_and_dict_form_multi_io(models, tmp_path):
+    job = CompileJob(model=models / "two_pth.tar.gz", framework="PYTORCH", output_dir=tmp_path / "a",
+                     data_input_config="[[2, 8], [2, 5]]", target_device="ml_c5",
+                     compiler_options='{"kiln-backend": "onnxruntime"}')
+    report = compile_job(job)
+    assert [i["name"] for i in report.inputs] == ["input0", "input1"]
+    assert len(report.outputs) == 2
+    job.data_input_config, job.output_dir = '{"x": [2, 8], "y": [2, 5]}', tmp_path / "b"
+    report = compile_job(job)
+    assert [i["name"] for i in report.inputs] == ["x", "y"]
+    model = Model(tmp_path / "b" / "model.tar.gz")
+    module = torch.jit.load(str(models / "two.pth"))
+    x, y = np.ones((2, 8), np.float32), np.full((2, 5), 0.5, np.float32)
+    expected = [t.detach().numpy() for t in module(torch.from_numpy(x), torch.from_numpy(y))]
+    for got, want in zip(model.run({"y": y, "x": x}), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_int64_inputs_are_sampled_as_valid_indices(tmp_path):
+    """An embedding lookup: random int inputs must stay inside the vocabulary."""
+    table = onnx.numpy_helper.from_array(np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32), "table")
+    path = onnx_model(tmp_path / "emb.onnx", [make_node("Gather", ["table", "ids"], ["out"], name="lookup")],
+                      [make_tensor_value_info("ids", TensorProto.INT64, [1, 6])],
+                      [make_tensor_value_info("out", TensorProto.FLOAT, [1, 6, 4])], [table])
+    report = compile_job(CompileJob(model=tar_gz(tmp_path / "m.tar.gz", path), framework="ONNX",
+                                    output_dir=tmp_path / "out", target_device="ml_c5"))
+    assert report.inputs == [{"name": "ids", "shape": [1, 6], "dtype": "int64"}]
+    assert all(c.status in ("selected", "verified") for c in report.candidates)
+
+
+def test_operator_iree_cannot_convert_is_named_and_another_backend_ships(tmp_path):
+    path = onnx_model(tmp_path / "u.onnx",
+                      [make_node("Relu", ["x"], ["r"], name="relu1"), make_node("Unique", ["r"], ["y"], name="dedupe")],
+                      [make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
+                      [make_tensor_value_info("y", TensorProto.FLOAT, [None])])
+    archive = tar_gz(tmp_path / "m.tar.gz", path)
+    report = compile_job(CompileJob(model=archive, framework="ONNX", output_dir=tmp_path / "a", target_device="ml_c5"))
+    iree = next(c for c in report.candidates if c.backend == "iree")
+    assert iree.status == "failed"
+    assert "'Unique'" in iree.reason and "'dedupe'" in iree.reason
+    assert report.selected in ("onnxruntime", "openvino")
+    with pytest.raises(CompilationError) as err:  # aarch64 prefers IREE; pinned, nothing else may ship
+        compile_job(CompileJob(model=archive, framework="ONNX", output_dir=tmp_path / "b",
+                               target_device="rasp4b", compiler_options='{"kiln-backend": "iree"}'))
+    assert err.value.stage == "verify" and "'Unique'" in err.value.message and err.value.hint
+    assert not (tmp_path / "b" / "model.tar.gz").exists()
+
+
+def test_unsupported_framework_and_target_are_validation_errors(models, tmp_path):
+    with pytest.raises(ValidationError) as err:
+        compile_job(CompileJob(model=models / "cnn_onnx.tar.gz", framework="TENSORFLOW", output_dir=tmp_path,
+                               target_device="ml_c5"))
+    assert err.value.field == "InputConfig.Framework"
+    with pytest.raises(ValidationError) as err:
+        compile_cnn(models, tmp_path, target_device="ml_inf1")
+    assert err.value.field == "OutputConfig.TargetDevice" and "Neuron" in err.value.message
+    assert not (tmp_path / "model.tar.gz").exists()
+
+
+def test_reduced_precision_widens_tolerance_and_skips_backends_that_cannot(models, tmp_path):
+    report = compile_cnn(models, tmp_path, target_device="ml_c5", compiler_options='{"kiln-precision": "bfloat16"}')
+    by_name = {c.backend: c for c in report.candidates}
+    assert by_name["onnxruntime"].status == "skipped" and "bfloat16" in by_name["onnxruntime"].reason
+    assert by_name["iree"].check.tolerance == 3e-2
+    assert "demote-contraction-inputs-type=bf16" in by_name["iree"].command
+    assert report.selected in ("openvino", "iree")
+    assert json.loads((tmp_path / "report.json").read_text())["candidates"][0]["status"] == "skipped"

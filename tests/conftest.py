@@ -1,0 +1,107 @@
+"""Shared fixtures: small real models built here with torch/onnx, and compiled artifacts of them."""
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from modelkiln.compiler import CompileJob, compile_job
+
+CNN_SHAPE = (1, 3, 32, 32)
+
+
+class SmallCnn(nn.Module):
+    """Conv-BN-ReLU blocks, a depthwise conv, pooling and a linear head: the ops real vision nets use."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU6(),
+            nn.MaxPool2d(2), nn.Conv2d(16, 32, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.head(self.features(x)), dim=1)
+
+
+class TwoInTwoOut(nn.Module):
+    """Two inputs of different shapes, two outputs: exercises input naming and ordering."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 4)
+        self.b = nn.Linear(5, 4)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.a(x) + self.b(y), torch.tanh(self.a(x))
+
+
+def tar_gz(path: Path, *files: Path) -> Path:
+    """A model.tar.gz holding files at its top level."""
+    with tarfile.open(path, "w:gz") as tar:
+        for f in files:
+            tar.add(f, arcname=f.name)
+    return path
+
+
+def torchscript(module: nn.Module, example: tuple, path: Path) -> Path:
+    torch.manual_seed(0)
+    with torch.no_grad():
+        torch.jit.trace(module.eval(), example).save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> Path:
+    """A folder of small real models: cnn.pth, cnn.onnx, two.pth and their tar.gz archives."""
+    d = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    cnn = SmallCnn().eval()
+    for m in cnn.modules():  # non-trivial BN statistics, so folding them is actually checked
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(*CNN_SHAPE)
+    torchscript(cnn, (x,), d / "cnn.pth")
+    torch.onnx.export(cnn, (x,), str(d / "cnn.onnx"), input_names=["data"], output_names=["prob"],
+                      opset_version=17, dynamo=False)
+    torchscript(TwoInTwoOut(), (torch.randn(2, 8), torch.randn(2, 5)), d / "two.pth")
+    tar_gz(d / "cnn_pth.tar.gz", d / "cnn.pth")
+    tar_gz(d / "cnn_onnx.tar.gz", d / "cnn.onnx")
+    tar_gz(d / "two_pth.tar.gz", d / "two.pth")
+    return d
+
+
+def compile_cnn(models: Path, out: Path, **kwargs):
+    job = CompileJob(model=models / "cnn_onnx.tar.gz", framework="ONNX", output_dir=out,
+                     data_input_config='{"data": [1, 3, 32, 32]}', **kwargs)
+    return compile_job(job)
+
+
+@pytest.fixture(scope="session")
+def x86_artifact(models, tmp_path_factory):
+    """The small CNN compiled for ml_c5: (report, output folder)."""
+    out = tmp_path_factory.mktemp("ml_c5")
+    return compile_cnn(models, out, target_device="ml_c5"), out
+
+
+@pytest.fixture(scope="session")
+def aarch64_artifact(models, tmp_path_factory):
+    """The small CNN compiled for rasp4b (verified under qemu-user): (report, output folder)."""
+    out = tmp_path_factory.mktemp("rasp4b")
+    return compile_cnn(models, out, target_device="rasp4b"), out
+
+
+def onnx_model(path: Path, nodes, inputs, outputs, initializers=()) -> Path:
+    """Save a hand-built ONNX graph (IR 10, opset 17: what onnxruntime 1.31 loads)."""
+    graph = onnx.helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    onnx.save(model, str(path))
+    return path

@@ -1,0 +1,95 @@
+"""`kiln` as a user runs it: real processes, exit codes, progress, reports, and no backtraces."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+KILN = [sys.executable, "-m", "modelkiln.cli"]
+
+
+def kiln(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*KILN, *args], capture_output=True, text=True, timeout=600)
+
+
+def test_compile_then_run(models, tmp_path):
+    out = tmp_path / "out"
+    proc = kiln("compile", "--model", str(models / "cnn_pth.tar.gz"), "--framework", "pytorch",
+                "--input-config", "[[1,3,32,32]]", "--target-device", "ml_c5", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    for stage in ("fetch", "convert", "compile", "verify", "select", "package"):
+        assert f"[{stage}]" in proc.stderr
+    assert "Selected" in proc.stdout and "verified" in proc.stdout
+    np.save(tmp_path / "x.npy", np.ones((1, 3, 32, 32), np.float32))
+    run = kiln("run", str(out / "model.tar.gz"), "--input", str(tmp_path / "x.npy"), "--output-dir", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    assert "shape [1, 10]" in run.stdout
+    probs = np.load(tmp_path / "output0.npy")
+    assert probs.shape == (1, 10) and abs(float(probs.sum()) - 1.0) < 1e-5  # the model ends in softmax
+
+
+def test_json_report_and_emulated_run(models, tmp_path):
+    proc = kiln("compile", "--quiet", "--json", "--model", str(models / "cnn_onnx.tar.gz"), "--framework", "ONNX",
+                "--target-platform", "Os=LINUX,Arch=ARM64", "--output", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    report = json.loads(proc.stdout)
+    assert report["target"]["arch"] == "aarch64" and report["selected"] == "iree"
+    run = kiln("run", str(tmp_path / "model.tar.gz"), "--random", "--emulate")
+    assert run.returncode == 0, run.stderr
+    assert "under qemu-user" in run.stdout and "prob: shape [1, 10]" in run.stdout
+    refused = kiln("run", str(tmp_path / "model.tar.gz"), "--random")
+    assert refused.returncode == 1 and "built for aarch64" in refused.stderr
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["--target-device", "ml_inf1"], 2, ["invalid OutputConfig.TargetDevice", "Neuron"]),
+    (["--target-device", "ml_z9"], 2, ["unknown TargetDevice"]),
+    (["--target-device", "rasp4b", "--compiler-options", "{'mcpu': 'cortex-a99'}"], 2,
+     ["invalid OutputConfig.CompilerOptions.mcpu", "cortex-a72"]),
+    (["--target-platform", '{"Os":"LINUX","Arch":"SPARC"}'], 2, ["OutputConfig.TargetPlatform.Arch"]),
+    (["--target-device", "ml_c5", "--input-config", "{'input0': [1, 3, 99]}"], 1,
+     ["convert failed", "fix:"]),
+    (["--target-device", "ml_c5", "--compiler-options", "{mcpu"], 2, ["OutputConfig.CompilerOptions"]),
+])
+def test_bad_requests_give_typed_errors_not_backtraces(models, tmp_path, args, code, words):
+    proc = kiln("compile", "--model", str(models / "cnn_pth.tar.gz"), "--framework", "PYTORCH",
+                "--input-config", "[[1,3,32,32]]", "--output", str(tmp_path), *args)
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for word in words:
+        assert word in proc.stderr
+    assert not (tmp_path / "model.tar.gz").exists()
+
+
+def test_broken_archive(tmp_path):
+    good = tmp_path / "good.tar.gz"
+    with tarfile.open(good, "w:gz") as tar:
+        tar.add(__file__, arcname="model.onnx")
+    broken = tmp_path / "model.tar.gz"
+    broken.write_bytes(good.read_bytes()[:40])
+    proc = kiln("compile", "--model", str(broken), "--framework", "ONNX", "--target-device", "ml_c5",
+                "--output", str(tmp_path / "o"))
+    assert proc.returncode == 1 and "fetch failed" in proc.stderr and "corrupt or truncated" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_targets_lists_the_catalog():
+    proc = kiln("targets")
+    assert proc.returncode == 0
+    assert "rasp4b" in proc.stdout and "unsupported: AWS Inferentia" in proc.stdout
+
+
+def test_readme_matrix_is_current():
+    from modelkiln.compiler.matrix import render_markdown
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    start, end = "<!-- matrix:start -->\n", "\n<!-- matrix:end -->"
+    assert start in readme and end in readme
+    current = readme.split(start, 1)[1].split(end, 1)[0]
+    assert current == render_markdown(), "run `make readme` to regenerate the README's support matrix"
