@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed
 
 setup: system-deps $(STAMP) cross-runtimes
 
-# Debian packages: qemu-user and the arm64 sysroot that runs aarch64 artifacts for verification.
+# Debian packages: qemu-user and the arm64 sysroot that runs aarch64 IREE artifacts for verification
+# (apt-get and dpkg-deb, always on Debian, also fetch the arm64 Python userland in cross-runtimes).
 system-deps:
 	bash scripts/install-system-deps.sh
 
@@ -19,7 +20,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[compiler,dev]'
 	touch $@
 
-# The aarch64 build of iree-base-runtime, same version as the compiler, unpacked for qemu-user.
+# Unpacked for qemu-user, at the venv's versions: the aarch64 iree-base-runtime, and an arm64 Python 3.11
+# (Debian's .debs, not installed) with the aarch64 numpy/onnxruntime/openvino wheels. Idempotent.
 cross-runtimes: $(STAMP)
 	bash scripts/install-cross-runtimes.sh $(BIN)/python $(CROSS)
 

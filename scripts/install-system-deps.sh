@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages Kiln needs (Debian 12 "bookworm"): qemu-user-static and the arm64
 # runtime libraries (libc, libstdc++) that qemu needs to run aarch64 IREE runtimes for verification.
+# qemu-user-static also runs the arm64 Python userland that `make cross-runtimes` unpacks (with apt-get
+# download and dpkg-deb, which every Debian has) to verify onnxruntime and OpenVINO artifacts.
 set -euo pipefail
 packages=(qemu-user-static libc6-arm64-cross libstdc++6-arm64-cross libgcc-s1-arm64-cross)
 missing=()

@@ -150,16 +150,20 @@ def _run_emulated(args: argparse.Namespace):
 
     directory, meta, _tmp = unpack(args.artifact)
     backend, arch = meta["Backend"], meta["Requirements"]["Arch"]
-    if backend["Name"] != "iree":
-        raise ArtifactError(f"--emulate runs IREE artifacts; this one was built by {backend['Name']}")
-    emulator = emulation.find_emulator(arch)
+    if backend["Name"] == "iree":
+        emulator = emulation.find_emulator(arch)
+    else:
+        emulator = emulation.find_python_emulator(arch, backend["Runtime"])
     if isinstance(emulator, str):
         raise ArtifactError(f"cannot emulate {arch}: {emulator}")
     inputs = _inputs(args, meta)
     if isinstance(inputs, dict):
         inputs = [inputs[i["name"]] for i in meta["Model"]["Inputs"]]
-    outputs = emulation.run_iree(emulator, directory / backend["Files"][0], backend["Entry"], inputs,
-                                 len(meta["Model"]["Outputs"]))
+    if isinstance(emulator, emulation.Emulator):
+        outputs = emulation.run_iree(emulator, directory / backend["Files"][0], backend["Entry"], inputs,
+                                     len(meta["Model"]["Outputs"]))
+    else:
+        outputs = emulation.run_runtime(emulator, directory, meta, inputs)
     return meta, outputs, f"under {emulator.describe()}"
 
 

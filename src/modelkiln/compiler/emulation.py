@@ -1,17 +1,25 @@
-"""Run foreign-architecture IREE artifacts under qemu-user, with that architecture's iree-run-module.
+"""Run foreign-architecture artifacts under qemu-user: IREE modules with that architecture's
+iree-run-module, and the portable backends' artifacts (onnxruntime, OpenVINO) with Kiln's own runtime
+in that architecture's Python.
 
-`make cross-runtimes` unpacks the aarch64 iree-base-runtime wheel (same version as the compiler) under
-`<venv>/share/kiln/cross/aarch64`; Debian's qemu-user-static and libc6/libstdc++6-arm64-cross provide
-the emulator and the sysroot. KILN_CROSS_DIR overrides the location of the unpacked runtimes.
+`make cross-runtimes` unpacks, under `<venv>/share/kiln/cross`:
+  aarch64/       the aarch64 iree-base-runtime wheel (same version as the compiler);
+  aarch64-root/  Debian bookworm's arm64 python3.11 and the libraries it needs (.debs unpacked, not
+                 installed), plus site/ with the aarch64 wheels of numpy, onnxruntime and openvino at
+                 the versions installed in the venv.
+Debian's qemu-user-static and libc6/libstdc++6-arm64-cross provide the emulator and IREE's sysroot.
+KILN_CROSS_DIR overrides the location of the unpacked runtimes.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +73,113 @@ def run_iree(emulator: Emulator, module: Path, entry: str, inputs: list[np.ndarr
         if proc.returncode != 0:
             raise RuntimeError(f"iree-run-module under qemu failed: {(proc.stderr or proc.stdout).strip()[-400:]}")
         return [np.load(f"{tmp}/out{i}.npy") for i in range(n_outputs)]
+
+
+# Kiln arch -> (qemu binary, interpreter inside that arch's root). The root is self-contained: qemu's
+# -L makes every absolute path the guest opens resolve inside it first (ld.so, libc, the stdlib, and
+# proc/cpuinfo, an ARM description that onnxruntime's cpuinfo needs instead of the host's x86 one).
+PYTHON_ROOTS = {"aarch64": ("qemu-aarch64-static", "usr/bin/python3.11")}
+PYTHON_VERSION = "3.11"
+
+# Runs inside the emulated Python: argv = site, kiln (a copy of modelkiln.runtime), work folder,
+# artifact folder. Inputs in0.npy... and meta.json in the work folder; writes out0.npy... and n_out.
+_RUNNER = """\
+import json, sys
+site, kiln, work, artifact = sys.argv[1:5]
+sys.path[:0] = [site, kiln]
+from pathlib import Path
+import numpy as np
+from modelkiln.runtime.executors import open_executor
+meta = json.loads(Path(work, "meta.json").read_text())
+n_in = len(list(Path(work).glob("in*.npy")))
+inputs = [np.load(f"{work}/in{i}.npy") for i in range(n_in)]
+outputs = open_executor(Path(artifact), meta, threads=1).run(inputs)
+for i, out in enumerate(outputs):
+    np.save(f"{work}/out{i}.npy", np.asarray(out))
+Path(work, "n_out").write_text(str(len(outputs)))
+"""
+
+
+@dataclass(frozen=True)
+class PythonEmulator:
+    """qemu-user running the arch's CPython with the backend's wheel for that arch."""
+
+    arch: str
+    qemu: str
+    root: Path
+    backend: str
+    version: str
+
+    @property
+    def python(self) -> Path:
+        return self.root / PYTHON_ROOTS[self.arch][1]
+
+    @property
+    def site(self) -> Path:
+        return self.root / "site"
+
+    def describe(self) -> str:
+        return (f"qemu-user ({Path(self.qemu).name}) running {self.arch} Python {PYTHON_VERSION} "
+                f"with {self.backend} {self.version}")
+
+
+def python_root(arch: str) -> Path:
+    return cross_dir() / f"{arch}-root"
+
+
+def find_python_emulator(arch: str, requirement: str) -> PythonEmulator | str:
+    """A PythonEmulator for arch that has the backend `requirement` ("onnxruntime==1.31.1")
+    installed, or the reason none is available here."""
+    if arch not in PYTHON_ROOTS:
+        return f"no {arch} Python can be had here to run the runtime under emulation"
+    dist, _, wanted = requirement.partition("==")
+    qemu_name, interpreter = PYTHON_ROOTS[arch]
+    qemu = shutil.which(qemu_name) or shutil.which(qemu_name.removesuffix("-static"))
+    if not qemu:
+        return f"{qemu_name} is not installed (make system-deps installs qemu-user-static)"
+    root = python_root(arch)
+    if not (root / interpreter).is_file():
+        return f"no {arch} Python is unpacked at {root} (run make cross-runtimes)"
+    found = {d.metadata["Name"].lower(): d.version for d in metadata.distributions(path=[str(root / "site")])}
+    if dist.lower() not in found:
+        return f"no {arch} wheel of {dist} is unpacked in {root / 'site'} (run make cross-runtimes)"
+    if wanted and found[dist.lower()] != wanted:
+        return (f"the {arch} {dist} in {root / 'site'} is {found[dist.lower()]}, the artifact needs {wanted} "
+                f"(run make cross-runtimes)")
+    return PythonEmulator(arch, qemu, root, dist, found[dist.lower()])
+
+
+def run_runtime(emulator: PythonEmulator, artifact_dir: Path, meta: dict, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Load the artifact in artifact_dir (its files as compiled.meta `meta` names them) with Kiln's
+    runtime in the emulated Python, run it once on inputs; numpy in, numpy out."""
+    package = Path(__file__).resolve().parents[1]  # src/modelkiln
+    with tempfile.TemporaryDirectory(prefix="kiln-emu-") as tmp:
+        work, kiln = Path(tmp, "io"), Path(tmp, "kiln")
+        work.mkdir()
+        # Only modelkiln.runtime goes in: it must run on a device that has nothing else of Kiln.
+        shutil.copy(package / "__init__.py", _mkdir(kiln / "modelkiln") / "__init__.py")
+        shutil.copytree(package / "runtime", kiln / "modelkiln" / "runtime",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        (work / "meta.json").write_text(json.dumps(meta))
+        for i, array in enumerate(inputs):
+            np.save(work / f"in{i}.npy", array)
+        args = [emulator.qemu, "-L", str(emulator.root), str(emulator.python), "-I", "-S", "-B", "-c", _RUNNER,
+                str(emulator.site), str(kiln), str(work), str(Path(artifact_dir).resolve())]
+        # A clean environment: the host's LD_*, QEMU_* and PYTHON* settings must not reach the guest.
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8",
+               "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+        what = f"{emulator.backend} in {emulator.arch} Python under qemu-user"
+        try:
+            proc = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=tmp)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"{what} did not finish within {TIMEOUT_S} s") from None
+        if proc.returncode != 0 or not (work / "n_out").is_file():
+            lines = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.strip()]
+            last = lines[-1] if lines else f"exit status {proc.returncode}, no output"
+            raise RuntimeError(f"{what} failed: {last}\n" + "\n".join(lines)[-2000:])
+        return [np.load(work / f"out{i}.npy") for i in range(int((work / "n_out").read_text()))]
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

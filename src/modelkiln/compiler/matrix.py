@@ -17,7 +17,7 @@ def check_method(arch: str) -> str:
     if arch == "x86_64":
         return "native: every backend verified and timed"
     if arch in QEMU:
-        return "qemu-user (IREE); same bytes on host (onnxruntime, OpenVINO)"
+        return "qemu-user: each candidate run with its own aarch64 runtime"
     return "not run on target: host-twin build checked"
 
 

@@ -25,11 +25,11 @@ from modelkiln.compiler.backends import BACKENDS, Backend, BackendOutput
 from modelkiln.compiler.package import build_meta, write_artifact
 from modelkiln.compiler.report import Candidate, Report
 from modelkiln.compiler.verify import (
-    KILN_ARCH_ELF, TOLERANCE, Check, compare, embedded_elf_arches, host_can_run, median_latency_ms, sample_inputs,
+    KILN_ARCH_ELF, TOLERANCE, Check, compare, embedded_elf_arches, host_can_run, median_latencies_ms, sample_inputs,
 )
 from modelkiln.errors import CompilationError, KilnError
 from modelkiln.frontends import ConvertedModel, check_framework, frontend_for
-from modelkiln.runtime.executors import open_executor
+from modelkiln.runtime.executors import Executor, open_executor
 from modelkiln.runtime.model import host_arch
 from modelkiln.targets import CompilerOptions, Target, parse_compiler_options, resolve
 
@@ -58,6 +58,7 @@ class _Context:
     expected: list[np.ndarray]  # the source framework's outputs on feeds
     native: bool
     progress: Progress
+    executors: dict[str, Executor] = dataclasses.field(default_factory=dict)  # verified, on this host
 
 
 def validate(job: CompileJob) -> tuple[Target, CompilerOptions]:
@@ -89,7 +90,8 @@ def compile_job(job: CompileJob, progress: Progress = lambda stage, msg: None) -
                     cand.status, cand.reason = "not tried", "an earlier backend in the catalog's order verified"
                     continue
                 _try_candidate(ctx, cand, work / cand.backend)
-        with _stage("select", stages, progress, "choosing the artifact"):
+        with _stage("select", stages, progress, "timing the verified candidates" if native else "choosing"):
+            _time_candidates(ctx, candidates)
             winner, how = _select(candidates, ctx)
         report = Report(
             framework=model.framework, framework_version=model.framework_version,
@@ -123,6 +125,9 @@ def _try_candidate(ctx: _Context, cand: Candidate, workdir: Path) -> None:
     except CompilationError as exc:
         cand.status, cand.reason = "failed", exc.message
         return
+    except Exception as exc:  # a backend's own bug fails that candidate only; the others may still ship
+        cand.status, cand.reason = "failed", f"internal error in {cand.backend}: {_brief(exc)}"
+        return
     cand.compile_s = round(time.perf_counter() - start, 2)
     cand.size_bytes = sum((workdir / f).stat().st_size for f in output.files)
     cand.command, cand.notes = output.command, output.notes
@@ -135,8 +140,7 @@ def _try_candidate(ctx: _Context, cand: Candidate, workdir: Path) -> None:
             cand.check = compare(executor.run(_ordered(ctx)), ctx.expected, TOLERANCE[ctx.options.precision],
                                  f"host ({host_arch()})")
             if cand.check.passed:
-                cand.threads = os.cpu_count()
-                cand.latency_ms = round(median_latency_ms(executor, _ordered(ctx)), 3)
+                ctx.executors[cand.backend] = executor
         else:
             cand.check = _verify_foreign(ctx, backend, output, meta, workdir)
     except Exception as exc:  # a crash in one candidate's runtime must not end the job
@@ -148,14 +152,29 @@ def _try_candidate(ctx: _Context, cand: Candidate, workdir: Path) -> None:
         )
 
 
+def _time_candidates(ctx: _Context, candidates: list[Candidate]) -> None:
+    """Time every verified candidate on this host, all cores, as the runtime runs by default."""
+    if not ctx.executors:
+        return
+    latencies = median_latencies_ms(ctx.executors, _ordered(ctx))
+    for cand in candidates:
+        if cand.backend in latencies:
+            cand.latency_ms, cand.threads = round(latencies[cand.backend], 3), os.cpu_count()
+    ctx.executors.clear()
+
+
 def _verify_foreign(ctx: _Context, backend: Backend, output: BackendOutput, meta: dict, workdir: Path) -> Check:
     """Check a candidate this host cannot run natively: emulate it, or check what can be checked."""
     tolerance = TOLERANCE[ctx.options.precision]
     inputs = _ordered(ctx)
-    if backend.portable:  # same bytes, another CPU: run them here, but say where they did not run
+    if backend.portable:  # same bytes, another CPU: the target arch's build of the runtime loads them
+        python = emulation.find_python_emulator(ctx.target.arch, backend.runtime_requirement())
+        if isinstance(python, emulation.PythonEmulator):
+            outputs = emulation.run_runtime(python, workdir, meta, inputs)
+            return compare(outputs, ctx.expected, tolerance, python.describe())
         check = compare(open_executor(workdir, meta).run(inputs), ctx.expected, tolerance,
                         f"host ({host_arch()}), same bytes")
-        return _not_on_target(check, f"the identical {output.files[0]} ran on this host's {backend.name}")
+        return _not_on_target(check, f"{python}; the identical {output.files[0]} ran on this host's {backend.name}")
     emulator = emulation.find_emulator(ctx.target.arch)
     if isinstance(emulator, emulation.Emulator):
         outputs = emulation.run_iree(emulator, workdir / output.files[0], meta["Backend"]["Entry"], inputs,

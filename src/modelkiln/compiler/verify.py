@@ -91,15 +91,21 @@ def embedded_elf_arches(data: bytes) -> set[tuple[str, int]]:
     return found
 
 
-def median_latency_ms(executor: Executor, inputs: list[np.ndarray], budget_s: float = 2.0,
-                      min_runs: int = 5, max_runs: int = 100) -> float:
-    """Median wall time of one run, after two warm-up runs."""
-    for _ in range(2):
-        executor.run(inputs)
-    times: list[float] = []
+def median_latencies_ms(executors: dict[str, Executor], inputs: list[np.ndarray], budget_s: float = 3.0,
+                        min_rounds: int = 5, max_rounds: int = 200) -> dict[str, float]:
+    """Median wall time of one run of each executor, timed in interleaved rounds (rotating order) so that
+    load that comes and goes on a shared machine weighs on every candidate alike."""
+    names = list(executors)
+    for name in names:
+        for _ in range(2):  # warm-up: first runs allocate and JIT
+            executors[name].run(inputs)
+    times: dict[str, list[float]] = {name: [] for name in names}
     deadline = time.perf_counter() + budget_s
-    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() < deadline):
-        start = time.perf_counter()
-        executor.run(inputs)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    rounds = 0
+    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() < deadline):
+        for name in names[rounds % len(names):] + names[:rounds % len(names)]:
+            start = time.perf_counter()
+            executors[name].run(inputs)
+            times[name].append((time.perf_counter() - start) * 1e3)
+        rounds += 1
+    return {name: statistics.median(t) for name, t in times.items()}

@@ -1,0 +1,37 @@
+"""The parts import only what DESIGN.md allows, so the runtime can ship alone and arrows go one way."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parents[1] / "src" / "modelkiln"
+SHARED = {"modelkiln", "modelkiln.errors", "modelkiln.literal"}  # leaf modules every part may use
+ALLOWED = {
+    "runtime": {"runtime"},  # nothing else of Kiln: a device installs it alone
+    "targets": {"targets"},
+    "frontends": {"frontends"},
+    # compiler verifies artifacts with the same runtime users run them with
+    "compiler": {"compiler", "frontends", "targets", "runtime"},
+}
+
+
+def kiln_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name == "modelkiln" or name.startswith("modelkiln.")}
+
+
+@pytest.mark.parametrize("part", sorted(ALLOWED))
+def test_part_imports_only_what_it_may(part):
+    allowed = SHARED if part != "runtime" else set()
+    for path in (PACKAGE / part).rglob("*.py"):
+        for name in kiln_imports(path):
+            owner = name.split(".")[1] if name.count(".") else name
+            ok = name in allowed or owner in ALLOWED[part]
+            assert ok, f"{path.relative_to(PACKAGE)} imports {name}, which {part}/ may not"
