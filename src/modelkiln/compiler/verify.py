@@ -92,20 +92,25 @@ def embedded_elf_arches(data: bytes) -> set[tuple[str, int]]:
 
 
 def median_latencies_ms(executors: dict[str, Executor], inputs: list[np.ndarray], budget_s: float = 3.0,
-                        min_rounds: int = 5, max_rounds: int = 200) -> dict[str, float]:
-    """Median wall time of one run of each executor, timed in interleaved rounds (rotating order) so that
-    load that comes and goes on a shared machine weighs on every candidate alike."""
+                        rounds: int = 3, min_runs: int = 5) -> dict[str, float]:
+    """Median wall time of one run of each executor. Each is timed in blocks, one block per round with
+    the order rotating, so load that comes and goes on a shared machine weighs on every candidate alike.
+    Every block starts with an untimed run after a pause: runtimes whose worker threads spin after a run
+    (onnxruntime's do) must not have that spinning charged to the next candidate."""
     names = list(executors)
-    for name in names:
-        for _ in range(2):  # warm-up: first runs allocate and JIT
-            executors[name].run(inputs)
     times: dict[str, list[float]] = {name: [] for name in names}
-    deadline = time.perf_counter() + budget_s
-    rounds = 0
-    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() < deadline):
-        for name in names[rounds % len(names):] + names[:rounds % len(names)]:
-            start = time.perf_counter()
+    block_s = budget_s / (rounds * len(names))
+    for name in names:  # warm-up: first runs allocate memory and JIT kernels
+        executors[name].run(inputs)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            time.sleep(0.05)
             executors[name].run(inputs)
-            times[name].append((time.perf_counter() - start) * 1e3)
-        rounds += 1
+            deadline = time.perf_counter() + block_s
+            runs = 0
+            while runs < min_runs or time.perf_counter() < deadline:
+                start = time.perf_counter()
+                executors[name].run(inputs)
+                times[name].append((time.perf_counter() - start) * 1e3)
+                runs += 1
     return {name: statistics.median(t) for name, t in times.items()}

@@ -77,7 +77,6 @@ def compile_flags(target: Target, options: CompilerOptions) -> list[str]:
         f"--iree-llvmcpu-target-triple={target.triple}",
         f"--iree-llvmcpu-target-cpu={target.mcpu}",
         f"--iree-preprocessing-pass-pipeline={CHANNELS_LAST}",
-        "--iree-opt-level=O3",
     ]
     if target.mattr:
         flags.append("--iree-llvmcpu-target-cpu-features=" + ",".join(target.mattr))
