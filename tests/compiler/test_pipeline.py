@@ -48,6 +48,7 @@ def test_artifact_layout_meta_and_report(x86_artifact):
     assert meta["Model"]["Outputs"][0]["shape"] == [1, 10]
     assert meta["Backend"]["Name"] == report.selected
     assert inner_report["selected"] == report.selected
+    assert "seed" in inner_report["check_inputs"]
     assert len(inner_report["candidates"]) == 3
     outer = json.loads((out / "report.json").read_text())
     assert outer["artifact_sha256"] == report.artifact_sha256

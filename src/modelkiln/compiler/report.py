@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from modelkiln.compiler.verify import Check
+from modelkiln.compiler.verify import INPUTS_USED, Check
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Report:
     artifact: str | None = None
     artifact_sha256: str | None = None
     kiln_version: str = ""
+    check_inputs: str = INPUTS_USED  # what the candidates and the source model were run on
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

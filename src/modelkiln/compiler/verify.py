@@ -15,6 +15,8 @@ from modelkiln.targets import Target
 # Allowed error, relative to the largest reference magnitude of each output.
 TOLERANCE = {"float32": 1e-3, "float16": 3e-2, "bfloat16": 3e-2}
 SEED = 20261122
+INPUTS_USED = (f"one sample of each input, seed {SEED}: floats from a standard normal, "
+               "integers and bools uniform in {0, 1}")
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Compilation jobs: the job model, its state machine, the job store and request validation."""
