@@ -95,12 +95,13 @@ def embedded_elf_arches(data: bytes) -> set[tuple[str, int]]:
 
 def median_latencies_ms(executors: dict[str, Executor], inputs: list[np.ndarray], budget_s: float = 3.0,
                         rounds: int = 3, min_runs: int = 5) -> dict[str, float]:
-    """Median wall time of one run of each executor. Each is timed in blocks, one block per round with
-    the order rotating, so load that comes and goes on a shared machine weighs on every candidate alike.
+    """Latency of one run of each executor: timed in one block per round, the order rotating each round;
+    each block's median, and of those the lowest. On a shared machine, load that comes and goes inflates
+    some blocks; the least disturbed block says most about the candidate itself.
     Every block starts with an untimed run after a pause: runtimes whose worker threads spin after a run
     (onnxruntime's do) must not have that spinning charged to the next candidate."""
     names = list(executors)
-    times: dict[str, list[float]] = {name: [] for name in names}
+    blocks: dict[str, list[float]] = {name: [] for name in names}
     block_s = budget_s / (rounds * len(names))
     for name in names:  # warm-up: first runs allocate memory and JIT kernels
         executors[name].run(inputs)
@@ -109,10 +110,10 @@ def median_latencies_ms(executors: dict[str, Executor], inputs: list[np.ndarray]
             time.sleep(0.05)
             executors[name].run(inputs)
             deadline = time.perf_counter() + block_s
-            runs = 0
-            while runs < min_runs or time.perf_counter() < deadline:
+            times: list[float] = []
+            while len(times) < min_runs or time.perf_counter() < deadline:
                 start = time.perf_counter()
                 executors[name].run(inputs)
-                times[name].append((time.perf_counter() - start) * 1e3)
-                runs += 1
-    return {name: statistics.median(t) for name, t in times.items()}
+                times.append((time.perf_counter() - start) * 1e3)
+            blocks[name].append(statistics.median(times))
+    return {name: min(medians) for name, medians in blocks.items()}
