@@ -39,7 +39,7 @@ def test_json_report_and_emulated_run(models, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     report = json.loads(proc.stdout)
-    assert report["target"]["arch"] == "aarch64" and report["selected"] == "iree"
+    assert report["target"]["arch"] == "aarch64" and report["selected"] == "onnxruntime"
     run = kiln("run", str(tmp_path / "model.tar.gz"), "--random", "--emulate")
     assert run.returncode == 0, run.stderr
     assert "under qemu-user" in run.stdout and "prob: shape [1, 10]" in run.stdout

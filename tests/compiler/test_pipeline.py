@@ -59,11 +59,12 @@ def test_aarch64_runs_under_qemu_and_matches(aarch64_artifact):
     assert report.target["arch"] == "aarch64" and report.target["mcpu"] == "cortex-a72"
     assert "+neon" in report.target["mattr"]
     winner = report.winner()
-    assert winner.backend == "iree"  # the catalog's first choice for aarch64
+    assert winner.backend == "onnxruntime"  # the catalog's first choice for aarch64
     assert winner.check.status == "verified"
-    assert "qemu" in winner.check.ran_on
+    assert "qemu" in winner.check.ran_on and "aarch64" in winner.check.ran_on
     assert winner.check.max_rel_err <= 1e-3
     assert winner.latency_ms is None  # never timed under emulation
+    assert "mcpu cortex-a72 does not change this artifact" in winner.notes[0]
     assert [c.status for c in report.candidates[1:]] == ["not tried", "not tried"]
 
 
@@ -92,11 +93,14 @@ def test_pinned_backend_on_x86(models, tmp_path):
     assert Model(tmp_path / "model.tar.gz").backend == "iree"
 
 
-def test_mcpu_option_reaches_iree(models, tmp_path):
+def test_iree_on_aarch64_honours_mcpu_and_runs_under_qemu(models, tmp_path):
     report = compile_cnn(models, tmp_path, target_device="rasp4b",
-                         compiler_options='{"mcpu": "cortex-a53", "mattr": ["+crc"]}')
-    assert "--iree-llvmcpu-target-cpu=cortex-a53" in report.winner().command
-    assert report.winner().check.status == "verified"
+                         compiler_options='{"mcpu": "cortex-a53", "mattr": ["+crc"], "kiln-backend": "iree"}')
+    winner = report.winner()
+    assert "--iree-llvmcpu-target-cpu=cortex-a53" in winner.command
+    assert "--iree-llvmcpu-target-triple=aarch64-linux-gnu" in winner.command
+    assert winner.check.status == "verified" and "iree-run-module for aarch64" in winner.check.ran_on
+    assert winner.check.max_rel_err <= 1e-3
 
 
 def test_pytorch_list_form_and_dict_form_multi_io(models, tmp_path):
@@ -140,7 +144,7 @@ def test_operator_iree_cannot_convert_is_named_and_another_backend_ships(tmp_pat
     assert iree.status == "failed"
     assert "'Unique'" in iree.reason and "'dedupe'" in iree.reason
     assert report.selected in ("onnxruntime", "openvino")
-    with pytest.raises(CompilationError) as err:  # aarch64 prefers IREE; pinned, nothing else may ship
+    with pytest.raises(CompilationError) as err:  # pinned to IREE, nothing else may ship
         compile_job(CompileJob(model=archive, framework="ONNX", output_dir=tmp_path / "b",
                                target_device="rasp4b", compiler_options='{"kiln-backend": "iree"}'))
     assert err.value.stage == "verify" and "'Unique'" in err.value.message and err.value.hint

@@ -41,7 +41,11 @@ class OnnxRuntimeBackend:
             ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise CompilationError("compile", f"onnxruntime cannot optimize the model: {str(exc)[:400]}") from None
+        notes = []
+        if target.arch != "x86_64" or target.mcpu not in ("x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4"):
+            notes.append("onnxruntime picks its CPU kernels on the device at run time: "
+                         f"mcpu {target.mcpu} does not change this artifact.")
         return BackendOutput(
-            files=[FILE], command="onnxruntime.InferenceSession(graph_optimization_level=ORT_ENABLE_EXTENDED, "
+            files=[FILE], notes=notes, command="onnxruntime.InferenceSession(graph_optimization_level=ORT_ENABLE_EXTENDED, "
             "optimized_model_filepath=compiled.onnx)",
         )
