@@ -69,9 +69,10 @@ def render_text(report: Report) -> str:
             f"{_fmt(c.latency_ms, '{:.2f}ms'):>10} {_fmt(chk and chk.max_rel_err, '{:.1e}'):>12}  "
             + (f"{chk.status} ({chk.ran_on})" if chk else "") + (f"  {c.reason}" if c.reason else "")
         )
-    if report.selected:
-        lines.append(f"Selected  {report.selected}: {report.selection}")
-    for note in report.notes:
+    winner = report.winner()
+    if winner:
+        lines.append(f"Selected  {winner.backend}: {report.selection}")
+    for note in report.notes + (winner.notes if winner else []):
         lines.append(f"Note      {note}")
     if report.artifact:
         lines.append(f"Artifact  {report.artifact} (sha256 {report.artifact_sha256})")
