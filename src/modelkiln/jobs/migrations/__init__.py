@@ -1,0 +1,1 @@
+"""Alembic migrations of the job store; JobStore.migrate() runs them (no alembic.ini needed)."""
