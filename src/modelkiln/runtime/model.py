@@ -28,6 +28,8 @@ class Model:
         check_requirements(self.meta["Requirements"], device)
         self._inputs = self.meta["Model"]["Inputs"]
         self._outputs = self.meta["Model"]["Outputs"]
+        # Parsed once: run() checks every input against these on every call.
+        self._expected = [(i["name"], tuple(i["shape"]), np.dtype(i["dtype"])) for i in self._inputs]
         self._executor = open_executor(self.directory, self.meta, threads)
 
     @property
@@ -78,21 +80,23 @@ class Model:
             arrays = list(inputs)
             if len(arrays) != len(names):
                 raise ArtifactError(f"the model takes {len(names)} inputs {names}, got {len(arrays)}")
-        return [self._conform(spec, a) for spec, a in zip(self._inputs, arrays)]
+        return [_conform(expected, a) for expected, a in zip(self._expected, arrays)]
 
-    @staticmethod
-    def _conform(spec: dict, array) -> np.ndarray:
-        array = np.asarray(array)
-        if tuple(array.shape) != tuple(spec["shape"]):
-            raise ArtifactError(
-                f"input {spec['name']!r} must have shape {spec['shape']}, got {list(array.shape)} "
-                "(the model was compiled for fixed shapes: recompile with another DataInputConfig)"
-            )
-        if array.dtype != np.dtype(spec["dtype"]):
-            if not np.can_cast(array.dtype, spec["dtype"], casting="same_kind"):
-                raise ArtifactError(f"input {spec['name']!r} must be {spec['dtype']}, got {array.dtype}")
-            array = array.astype(spec["dtype"])
-        return np.ascontiguousarray(array)
+
+def _conform(expected: tuple[str, tuple[int, ...], np.dtype], array) -> np.ndarray:
+    """The input as the compiled model takes it, or an error naming what differs."""
+    name, shape, dtype = expected
+    array = np.asarray(array)
+    if array.shape != shape:
+        raise ArtifactError(
+            f"input {name!r} must have shape {list(shape)}, got {list(array.shape)} "
+            "(the model was compiled for fixed shapes: recompile with another DataInputConfig)"
+        )
+    if array.dtype != dtype:
+        if not np.can_cast(array.dtype, dtype, casting="same_kind"):
+            raise ArtifactError(f"input {name!r} must be {dtype}, got {array.dtype}")
+        array = array.astype(dtype)
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
 
 
 def unpack(path: Path) -> tuple[Path, dict, tempfile.TemporaryDirectory | None]:
