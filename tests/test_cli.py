@@ -93,3 +93,21 @@ def test_readme_matrix_is_current():
     assert start in readme and end in readme
     current = readme.split(start, 1)[1].split(end, 1)[0]
     assert current.strip() == render_markdown(), "run `make readme` to regenerate the README's support matrix"
+
+
+def test_accounts_create_prints_credentials_and_keeps_them_private(tmp_path):
+    proc = kiln("accounts", "create", "--data-dir", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    creds = json.loads(proc.stdout)
+    assert set(creds) == {"AccountId", "AccessKeyId", "SecretAccessKey"}
+    assert len(creds["AccountId"]) == 12 and creds["AccountId"].isdigit()
+    keys = tmp_path / "keys.json"
+    assert keys.stat().st_mode & 0o777 == 0o600
+    second = json.loads(kiln("accounts", "create", "--data-dir", str(tmp_path), "--json").stdout)
+    assert second["AccountId"] != creds["AccountId"]
+    listing = json.loads(kiln("accounts", "list", "--data-dir", str(tmp_path), "--json").stdout)
+    assert {a["AccountId"]: a["AccessKeyIds"] for a in listing} == {
+        creds["AccountId"]: [creds["AccessKeyId"]], second["AccountId"]: [second["AccessKeyId"]]}
+    assert creds["SecretAccessKey"] not in json.dumps(listing)
+    missing = kiln("accounts", "create", "--json")
+    assert missing.returncode == 2 and "--data-dir" in missing.stderr

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +62,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--emulate", action="store_true",
                    help="run an artifact built for another CPU (aarch64 IREE) under qemu-user")
     r.set_defaults(func=_run)
+
+    acc = sub.add_parser("accounts", help="create and list the accounts and access keys of a Kiln data dir")
+    acc_sub = acc.add_subparsers(required=True, metavar="ACTION")
+    for name, func, text in (("create", _accounts_create, "create an account with one access key"),
+                             ("list", _accounts_list, "list accounts and their access key ids")):
+        a = acc_sub.add_parser(name, help=text)
+        a.add_argument("--data-dir", type=Path, default=os.environ.get("KILN_DATA_DIR"),
+                       help="the server's data directory (default: $KILN_DATA_DIR)")
+        a.add_argument("--json", action="store_true", help="print JSON")
+        a.set_defaults(func=func)
 
     t = sub.add_parser("targets", help="list every TargetDevice and TargetPlatform and what Kiln builds for it")
     t.add_argument("--markdown", action="store_true", help="print the README's support matrix")
@@ -165,6 +176,37 @@ def _run_emulated(args: argparse.Namespace):
     else:
         outputs = emulation.run_runtime(emulator, directory, meta, inputs)
     return meta, outputs, f"under {emulator.describe()}"
+
+
+def _account_store(args: argparse.Namespace):
+    from modelkiln.auth import AccountStore
+
+    if args.data_dir is None:
+        raise ValidationError("--data-dir", "give the server's data directory, or set KILN_DATA_DIR")
+    return AccountStore(args.data_dir / "keys.json")
+
+
+def _accounts_create(args: argparse.Namespace) -> int:
+    creds = _account_store(args).create_account()
+    record = {"AccountId": creds.account_id, "AccessKeyId": creds.access_key_id,
+              "SecretAccessKey": creds.secret_access_key}
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print("\n".join(f"{k}: {v}" for k, v in record.items()))
+        print("Keep the secret: it is shown only now (it is stored in keys.json, mode 0600).", file=sys.stderr)
+    return 0
+
+
+def _accounts_list(args: argparse.Namespace) -> int:
+    store = _account_store(args)
+    listing = {account: store.access_keys(account) for account in store.accounts()}
+    if args.json:
+        print(json.dumps([{"AccountId": a, "AccessKeyIds": keys} for a, keys in listing.items()]))
+    else:
+        for account, keys in listing.items():
+            print(f"{account}  {', '.join(keys)}")
+    return 0
 
 
 def _targets(args: argparse.Namespace) -> int:
