@@ -17,6 +17,9 @@ ALLOWED = {
     "jobs": {"jobs", "targets", "storage"},
     "auth": {"auth"},
     "storage": {"storage"},
+    "api": {"api", "jobs", "storage", "auth"},
+    # executor fetches models and writes artifacts through the object store the API serves
+    "executor": {"executor", "jobs", "compiler", "storage"},
 }
 
 

@@ -68,10 +68,25 @@ def _parser() -> argparse.ArgumentParser:
     for name, func, text in (("create", _accounts_create, "create an account with one access key"),
                              ("list", _accounts_list, "list accounts and their access key ids")):
         a = acc_sub.add_parser(name, help=text)
-        a.add_argument("--data-dir", type=Path, default=os.environ.get("KILN_DATA_DIR"),
-                       help="the server's data directory (default: $KILN_DATA_DIR)")
+        _settings_flags(a, "data_dir")
         a.add_argument("--json", action="store_true", help="print JSON")
         a.set_defaults(func=func)
+
+    s = sub.add_parser("serve", help="run the SageMaker-compatible API and S3 endpoint (one port) and the executor")
+    _settings_flags(s, "host", "port", "data_dir", "store_url", "objects_url", "scheduler", "workers",
+                    "job_memory_mb", "job_file_size_mb")
+    s.set_defaults(func=_serve)
+
+    w = sub.add_parser("worker", help="run Dask worker processes for `kiln serve --scheduler tcp://...`")
+    w.add_argument("--scheduler", required=True, help="the Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    w.add_argument("--processes", type=int, default=1, help="worker processes, each running one job at a time")
+    w.set_defaults(func=_worker)
+
+    lg = sub.add_parser("logs", help="print a compilation job's log")
+    lg.add_argument("name", help="the CompilationJobName")
+    lg.add_argument("--account", help="the job's account id (needed when the data dir has several accounts)")
+    _settings_flags(lg, "data_dir", "store_url")
+    lg.set_defaults(func=_logs)
 
     t = sub.add_parser("targets", help="list every TargetDevice and TargetPlatform and what Kiln builds for it")
     t.add_argument("--markdown", action="store_true", help="print the README's support matrix")
@@ -178,12 +193,74 @@ def _run_emulated(args: argparse.Namespace):
     return meta, outputs, f"under {emulator.describe()}"
 
 
+_SETTING_HELP = {
+    "host": "address to listen on (default 127.0.0.1)",
+    "port": "port for both APIs (default 8080)",
+    "data_dir": "keys, job store, objects and logs live here (default ./kiln-data)",
+    "store_url": "job store: sqlite:///FILE or postgresql+psycopg://USER@HOST/DB (default: SQLite in the data dir)",
+    "objects_url": "object store: a directory, or http(s)://[KEY:SECRET@]HOST:PORT?region=R for an S3 endpoint",
+    "scheduler": "an external Dask scheduler, tcp://HOST:PORT (default: start a local cluster)",
+    "workers": "local Dask worker processes, each running one job at a time",
+    "job_memory_mb": "memory limit of each job's sandboxed compiler process (default 8192)",
+    "job_file_size_mb": "largest file a job may write (default 4096)",
+}
+
+
+def _settings_flags(parser: argparse.ArgumentParser, *names: str) -> None:
+    """Flags for the named settings; unset flags fall back to KILN_* variables, the config file, defaults."""
+    from modelkiln.settings import FIELDS
+
+    parser.add_argument("--config", type=Path, help="TOML config file (default: $KILN_CONFIG, or DATA_DIR/kiln.toml)")
+    for name in names:
+        kind = int if FIELDS[name].type == "int" else Path if FIELDS[name].type == "Path" else str
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind,
+                            help=f"{_SETTING_HELP[name]} [$KILN_{name.upper()}]")
+
+
+def _settings(args: argparse.Namespace):
+    from modelkiln.settings import FIELDS, load_settings
+
+    return load_settings({name: getattr(args, name, None) for name in FIELDS}, config=args.config)
+
+
 def _account_store(args: argparse.Namespace):
     from modelkiln.auth import AccountStore
 
-    if args.data_dir is None:
-        raise ValidationError("--data-dir", "give the server's data directory, or set KILN_DATA_DIR")
-    return AccountStore(args.data_dir / "keys.json")
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return AccountStore(settings.keys_path)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from modelkiln.serve import serve
+
+    serve(_settings(args))
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from modelkiln.serve import worker
+
+    worker(args.scheduler, args.processes)
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from modelkiln.api.kiln_routes import format_time
+    from modelkiln.auth import AccountStore
+    from modelkiln.jobs.store import JobStore
+
+    settings = _settings(args)
+    account = args.account
+    if account is None:
+        accounts = AccountStore(settings.keys_path).accounts()
+        if len(accounts) != 1:
+            raise ValidationError("--account", f"the data dir has {len(accounts)} accounts; name the job's account")
+        account = accounts[0]
+    with JobStore(settings.job_store_url, migrate=False) as store:
+        for when, line in store.read_log(account, args.name):
+            print(f"{format_time(when)}  {line}")
+    return 0
 
 
 def _accounts_create(args: argparse.Namespace) -> int:

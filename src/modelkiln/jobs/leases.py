@@ -24,11 +24,14 @@ MAX_ATTEMPTS = 2  # a job whose worker vanished is retried once; a second loss f
 _CLAIM_TRIES = 5  # a claim that lost a race (only possible if a writer skipped the row lock) tries the next job
 
 
-def claim_next(engine: sa.Engine, worker_id: str, lease_s: float, *, now: float | None = None) -> Job | None:
-    """The oldest STARTING job not past its pending deadline, moved to INPROGRESS and leased to worker_id."""
+def claim_next(engine: sa.Engine, worker_id: str, lease_s: float, *, job_id: int | None = None,
+               now: float | None = None) -> Job | None:
+    """The oldest STARTING job not past its pending deadline (or that job, if `job_id`), moved to INPROGRESS and
+    leased to worker_id."""
     now = time.time() if now is None else now
+    only = [jobs.c.id == job_id] if job_id is not None else []
     query = (sa.select(jobs)
-             .where(jobs.c.status == STARTING,
+             .where(jobs.c.status == STARTING, *only,
                     sa.or_(jobs.c.pending_deadline.is_(None), jobs.c.pending_deadline >= now))
              .order_by(jobs.c.creation_time, jobs.c.id).limit(1)
              .with_for_update(skip_locked=True))

@@ -75,3 +75,13 @@ tags = sa.Table(
     sa.Column("key", name_type(128), primary_key=True),
     sa.Column("value", sa.String(256), nullable=False),
 )
+
+# A job's log, line by line, written by whichever worker runs it: readable from any API replica.
+logs = sa.Table(
+    "compilation_job_logs", metadata,
+    sa.Column("job_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+              sa.ForeignKey(jobs.c.id, ondelete="CASCADE"), primary_key=True),
+    sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("time", time_type(), nullable=False),
+    sa.Column("line", sa.Text(), nullable=False),
+)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import builtins  # JobStore.list shadows list in the class body
 import dataclasses
+import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from modelkiln.jobs.errors import (
 )
 from modelkiln.jobs.model import INPROGRESS, STARTING, STOPPED, STOPPING, TERMINAL, Job, can_transition, transition
 from modelkiln.jobs.rows import jobs_with_tags, load, name_key, save, values
-from modelkiln.jobs.schema import jobs, tags
+from modelkiln.jobs.schema import jobs, logs, tags
 
 if TYPE_CHECKING:
     from modelkiln.jobs.validation import ListRequest
@@ -111,6 +112,7 @@ class JobStore:
             if job.status not in TERMINAL:
                 raise JobNotTerminal(job.name, job.status)
             conn.execute(sa.delete(tags).where(tags.c.job_id == job.id))
+            conn.execute(sa.delete(logs).where(logs.c.job_id == job.id))
             conn.execute(sa.delete(jobs).where(jobs.c.id == job.id))
 
     # ---- status ----------------------------------------------------------------------------------------
@@ -183,11 +185,48 @@ class JobStore:
             job = _found(load(conn, account_id, name, lock=True), account_id, name)
             conn.execute(sa.delete(tags).where(tags.c.job_id == job.id, tags.c.key.in_(list(keys))))
 
+    # ---- logs ------------------------------------------------------------------------------------------
+
+    def append_log(self, job_id: int, lines: Iterable[str], *, now: float | None = None) -> None:
+        """Add lines to the end of the job's log."""
+        lines = list(lines)
+        if not lines:
+            return
+        now = time.time() if now is None else now
+        with database.write(self.engine) as conn:
+            last = conn.execute(sa.select(sa.func.max(logs.c.seq)).where(logs.c.job_id == job_id)).scalar()
+            start = 0 if last is None else last + 1
+            conn.execute(sa.insert(logs), [{"job_id": job_id, "seq": start + i, "time": now, "line": line}
+                                           for i, line in enumerate(lines)])
+
+    def read_log(self, account_id: str, name: str) -> builtins.list[tuple[float, str]]:
+        """The job's log as (time, line) pairs, oldest first; JobNotFound if the account has no such job."""
+        with database.read(self.engine) as conn:
+            job = _found(load(conn, account_id, name), account_id, name)
+            rows = conn.execute(sa.select(logs.c.time, logs.c.line).where(logs.c.job_id == job.id)
+                                .order_by(logs.c.seq)).all()
+        return [(row.time, row.line) for row in rows]
+
     # ---- worker leases (see leases.py) -------------------------------------------------------------------
 
-    def claim_next(self, worker_id: str, lease_s: float, *, now: float | None = None) -> Job | None:
-        """The oldest STARTING job, moved to INPROGRESS with a lease for worker_id; None if there is none."""
-        return leases.claim_next(self.engine, worker_id, lease_s, now=now)
+    def starting(self) -> builtins.list[Job]:
+        """Every STARTING job, oldest first: the executor's queue."""
+        with database.read(self.engine) as conn:
+            rows = conn.execute(sa.select(jobs).where(jobs.c.status == STARTING)
+                                .order_by(jobs.c.creation_time, jobs.c.id)).all()
+            return jobs_with_tags(conn, rows)
+
+    def get_by_id(self, job_id: int) -> Job | None:
+        """The job with that row id, whoever owns it (for workers); None once deleted."""
+        with database.read(self.engine) as conn:
+            found = jobs_with_tags(conn, conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).all())
+        return found[0] if found else None
+
+    def claim_next(self, worker_id: str, lease_s: float, *, job_id: int | None = None,
+                   now: float | None = None) -> Job | None:
+        """The oldest STARTING job (or job `job_id`, if still STARTING), moved to INPROGRESS with a lease for
+        worker_id; None if there is none."""
+        return leases.claim_next(self.engine, worker_id, lease_s, job_id=job_id, now=now)
 
     def renew_lease(self, account_id: str, name: str, worker_id: str, lease_s: float, *,
                     now: float | None = None) -> Job:

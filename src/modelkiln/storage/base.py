@@ -168,6 +168,8 @@ ERRORS_BY_CODE: dict[str, Callable[[str], StorageError]] = {cls.code: cls for cl
 class ObjectStore(Protocol):
     """Buckets, objects and multipart uploads, every call on behalf of `account_id`."""
 
+    supports_kms: bool  # whether sse_kms_key_id can be honoured (else it raises UnsupportedFeature)
+
     def create_bucket(self, account_id: str, bucket: str) -> BucketInfo:
         """Create a bucket owned by the account; exactly one of racing creators wins."""
 

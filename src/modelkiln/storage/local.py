@@ -46,6 +46,8 @@ def _refuse_kms(sse_kms_key_id: str | None) -> None:
 class LocalObjectStore:
     """An ObjectStore in a local directory."""
 
+    supports_kms = False  # KmsKeyId is refused, not ignored
+
     def __init__(self, root: Path | str, durable: bool = True) -> None:
         self.root = Path(root)
         self.durable = durable

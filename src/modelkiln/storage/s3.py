@@ -96,6 +96,8 @@ def _checksums(response: dict) -> dict[str, str]:
 class S3ObjectStore:
     """An ObjectStore backed by an S3-compatible service (see the module docstring on accounts)."""
 
+    supports_kms = True  # KmsKeyId is passed on as SSE-KMS
+
     def __init__(self, endpoint_url: str | None, region: str = "us-east-1", access_key: str | None = None,
                  secret_key: str | None = None, bucket_prefix: str | None = None) -> None:
         self.region = region

@@ -63,7 +63,9 @@ def download_file(store: ObjectStore, account_id: str, bucket: str, key: str, de
 
 
 def upload_file(store: ObjectStore, account_id: str, source: Path, bucket: str, key: str,
-                content_type: str | None = None, metadata: dict[str, str] | None = None) -> ObjectInfo:
-    """Stream the file at source into the object at key."""
+                content_type: str | None = None, metadata: dict[str, str] | None = None,
+                sse_kms_key_id: str | None = None) -> ObjectInfo:
+    """Stream the file at source into the object at key (encrypted with that KMS key, if given)."""
     with open(source, "rb") as f:
-        return store.put_object(account_id, bucket, key, f, content_type=content_type, metadata=metadata)
+        return store.put_object(account_id, bucket, key, f, content_type=content_type, metadata=metadata,
+                                sse_kms_key_id=sse_kms_key_id)

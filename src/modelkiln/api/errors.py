@@ -1,0 +1,82 @@
+"""Every error the API sends, mapped from Kiln's typed errors in this one place.
+
+awsJson 1.1 (SageMaker): HTTP 4xx + {"__type": code, "message": text}; S3: HTTP status + an <Error> XML body.
+Client errors are always 4xx, because botocore retries 5xx. Anything unexpected is logged with its traceback
+and answered 500 InternalFailure / InternalError without internals.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from xml.sax.saxutils import escape
+
+from starlette.responses import Response
+
+from modelkiln.auth import AuthError
+from modelkiln.errors import CompilationError, KilnError, ValidationError
+from modelkiln.jobs.errors import JobError
+from modelkiln.storage import StorageError
+
+log = logging.getLogger("kiln.api")
+JSON_CONTENT_TYPE = "application/x-amz-json-1.1"
+
+
+def json_error(exc: BaseException, request_id: str) -> Response:
+    """The awsJson error response for exc."""
+    code, status, message = _json_wire(exc)
+    if status >= 500:
+        log.error("request %s failed", request_id, exc_info=exc)
+    body = json.dumps({"__type": code, "message": message})
+    return Response(body, status, media_type=JSON_CONTENT_TYPE, headers={"x-amzn-RequestId": request_id})
+
+
+def _json_wire(exc: BaseException) -> tuple[str, int, str]:
+    if isinstance(exc, AuthError):
+        wire = exc.json()
+        return wire.code, wire.http_status, wire.message
+    if isinstance(exc, ValidationError):
+        return "ValidationException", 400, f"{exc.field}: {exc.message}"
+    if isinstance(exc, JobError):
+        return exc.code, exc.http_status, str(exc)
+    if isinstance(exc, UnknownOperation):
+        return "UnknownOperationException", 400, str(exc)
+    if isinstance(exc, (StorageError, CompilationError, KilnError)):
+        return "ValidationException", 400, str(exc)
+    return "InternalFailure", 500, "The server hit an internal error; the request was not carried out. Retry it."
+
+
+def s3_error(exc: BaseException, request_id: str, resource: str = "") -> Response:
+    """The S3 REST-XML error response for exc; `resource` is the request path S3 echoes."""
+    code, status, message = _s3_wire(exc)
+    if status >= 500:
+        log.error("request %s failed", request_id, exc_info=exc)
+    body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<Error><Code>{escape(code)}</Code><Message>{escape(message)}</Message>"
+            f"<Resource>{escape(resource)}</Resource><RequestId>{escape(request_id)}</RequestId>"
+            f"{_signature_details(exc)}</Error>")
+    return Response(body, status, media_type="application/xml", headers={"x-amz-request-id": request_id})
+
+
+def _s3_wire(exc: BaseException) -> tuple[str, int, str]:
+    if isinstance(exc, AuthError):
+        wire = exc.s3()
+        return wire.code, wire.http_status, wire.message
+    if isinstance(exc, StorageError):
+        return exc.code, exc.http_status, exc.message
+    if isinstance(exc, ValidationError):
+        return "InvalidArgument", 400, f"{exc.field}: {exc.message}"
+    if isinstance(exc, KilnError):
+        return "InvalidRequest", 400, str(exc)
+    return "InternalError", 500, "We encountered an internal error. Please try again."
+
+
+def _signature_details(exc: BaseException) -> str:
+    """S3 returns what it signed on SignatureDoesNotMatch, so a client author can diff it against their own."""
+    if not isinstance(exc, AuthError) or not exc.canonical_request:
+        return ""
+    return (f"<StringToSign>{escape(exc.string_to_sign)}</StringToSign>"
+            f"<CanonicalRequest>{escape(exc.canonical_request)}</CanonicalRequest>")
+
+
+class UnknownOperation(KilnError):
+    """An X-Amz-Target this server does not implement."""

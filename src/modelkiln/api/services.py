@@ -1,0 +1,24 @@
+"""What the API works with: the account keys, the job store, the object store, and a nudge for the executor."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from modelkiln.auth import AccountStore
+from modelkiln.jobs.store import JobStore
+from modelkiln.storage import ObjectStore
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Services:
+    accounts: AccountStore
+    jobs: JobStore
+    objects: ObjectStore
+    # Called after a job is created or stopped, so the executor looks at the store now rather than on its next
+    # tick. The API never imports the executor: the job store is the queue between them.
+    notify: Callable[[], None] = field(default=_nothing)
+    max_json_body: int = 1024 * 1024  # largest awsJson request body accepted (a full CreateCompilationJob is <40 KB)

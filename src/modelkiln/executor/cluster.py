@@ -1,0 +1,46 @@
+"""The Dask side: a LocalCluster of worker processes by default, or a client of an external scheduler.
+
+Each worker thread runs one job at a time (threads_per_worker=1); the heavy work is in the job's sandboxed
+child process, so Dask's own memory management is turned off (memory_limit=0) and never kills a worker.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from modelkiln.executor.runner import WorkerConfig, run_job
+
+log = logging.getLogger("kiln.executor")
+
+
+class DaskExecutor:
+    def __init__(self, config: WorkerConfig, scheduler: str = "", workers: int = 1) -> None:
+        self.config, self.scheduler, self.workers = config, scheduler, workers
+        self.client: Any = None
+        self.cluster: Any = None
+
+    def start(self) -> None:
+        from distributed import Client, LocalCluster
+
+        if self.scheduler:
+            self.client = Client(self.scheduler, timeout="30s")
+        else:
+            # Loopback only; the scheduler's HTTP server always starts, so give it any free port.
+            self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                        host="127.0.0.1", memory_limit=0, dashboard_address="127.0.0.1:0",
+                                        silence_logs=logging.WARNING)
+            self.client = Client(self.cluster)
+        log.info("Dask executor: %s", self.client.scheduler_info().get("address", self.scheduler))
+
+    def submit(self, job_id: int, attempt: int) -> None:
+        from distributed import fire_and_forget
+
+        # The key names the attempt, so a retried job gets a new task; fire_and_forget keeps it running
+        # without this process holding the future.
+        fire_and_forget(self.client.submit(run_job, self.config, job_id, key=f"kiln-job-{job_id}-{attempt}"))
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()

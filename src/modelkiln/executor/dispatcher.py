@@ -1,0 +1,61 @@
+"""The loop in `kiln serve` that turns the job store's STARTING jobs into Dask tasks, and keeps the store honest.
+
+Each tick: jobs whose worker vanished (lapsed lease) are retried or failed, queued jobs past their
+MaxPendingTimeInSeconds are failed, and every STARTING job not yet handed to Dask is submitted. After a
+restart nothing is remembered, so every STARTING job is submitted again; a duplicate task finds its job no
+longer STARTING and returns (the claim is a compare-and-set in the store).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from modelkiln.jobs.store import JobStore
+
+log = logging.getLogger("kiln.executor")
+TICK_S = 1.0
+
+Submit = Callable[[int, int], None]  # (job id, attempt)
+
+
+class Dispatcher:
+    def __init__(self, store: JobStore, submit: Submit, tick_s: float = TICK_S) -> None:
+        self.store, self.submit, self.tick_s = store, submit, tick_s
+        self._submitted: set[tuple[int, int]] = set()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kiln-dispatcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(10)
+
+    def wake(self) -> None:
+        """Look at the store now (a job was created or stopped)."""
+        self._wake.set()
+
+    def tick(self) -> None:
+        for job in self.store.recover_expired_leases():
+            log.warning("job %s/%s: worker lease lapsed -> %s", job.account_id, job.name, job.status)
+        for job in self.store.expire_pending():
+            log.info("job %s/%s: waited past MaxPendingTimeInSeconds -> FAILED", job.account_id, job.name)
+        for job in self.store.starting():
+            assert job.id is not None
+            key = (job.id, job.attempts)
+            if key not in self._submitted:
+                self.submit(job.id, job.attempts)
+                self._submitted.add(key)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - a database hiccup must not end the loop; the next tick retries
+                log.exception("dispatcher tick failed")
+            self._wake.wait(self.tick_s)
+            self._wake.clear()
