@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -13,8 +14,9 @@ import pytest
 KILN = [sys.executable, "-m", "modelkiln.cli"]
 
 
-def kiln(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*KILN, *args], capture_output=True, text=True, timeout=600)
+def kiln(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*KILN, *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **env} if env else None)
 
 
 def test_compile_then_run(models, tmp_path):
@@ -109,5 +111,22 @@ def test_accounts_create_prints_credentials_and_keeps_them_private(tmp_path):
     assert {a["AccountId"]: a["AccessKeyIds"] for a in listing} == {
         creds["AccountId"]: [creds["AccessKeyId"]], second["AccountId"]: [second["AccessKeyId"]]}
     assert creds["SecretAccessKey"] not in json.dumps(listing)
-    missing = kiln("accounts", "create", "--json")
-    assert missing.returncode == 2 and "--data-dir" in missing.stderr
+
+
+
+def test_settings_come_from_flags_environment_and_config_file(tmp_path):
+    from_env = tmp_path / "from-env"
+    assert kiln("accounts", "create", "--json", env={"KILN_DATA_DIR": str(from_env)}).returncode == 0
+    assert (from_env / "keys.json").is_file()
+    from_file = tmp_path / "from-file"
+    (tmp_path / "kiln.toml").write_text(f'data_dir = "{from_file}"\nport = 9999\n')
+    assert kiln("accounts", "create", "--config", str(tmp_path / "kiln.toml")).returncode == 0
+    assert (from_file / "keys.json").is_file()
+    flag_wins = tmp_path / "from-flag"
+    assert kiln("accounts", "create", "--data-dir", str(flag_wins), env={"KILN_DATA_DIR": str(from_env),
+                                                                          "KILN_CONFIG": str(tmp_path / "kiln.toml")}
+                ).returncode == 0
+    assert (flag_wins / "keys.json").is_file()
+    (tmp_path / "bad.toml").write_text('prot = 1\n')
+    bad = kiln("accounts", "list", "--config", str(tmp_path / "bad.toml"))
+    assert bad.returncode == 2 and "prot" in bad.stderr and "port" in bad.stderr

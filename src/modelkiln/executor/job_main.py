@@ -7,8 +7,10 @@ crash, reported by the runner from the exit status.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import resource
 import sys
 import traceback
 from pathlib import Path
@@ -66,6 +68,28 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, KilnError):
+        _say(f"error: {exc}")
+        return failure_reason(exc)
+    if isinstance(exc, MemoryError) or "failed to map segment" in str(exc):  # the latter: a library load
+        return (f"ClientError: the model needs more memory than this Kiln server allows a job "
+                f"({_limit_mb(resource.RLIMIT_AS)}); compile a smaller model or ask the operator to raise "
+                "job_memory_mb")
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        return (f"ClientError: the compile wrote a file larger than this Kiln server allows a job "
+                f"({_limit_mb(resource.RLIMIT_FSIZE)}); compile a smaller model or ask the operator to raise "
+                "job_file_size_mb")
+    traceback.print_exception(exc, file=sys.stdout)  # a Kiln bug: the trace goes to the log, not to the user
+    return (f"ServerError: Kiln failed unexpectedly ({type(exc).__name__}: {exc}). This is a Kiln bug, not a "
+            "problem with your request; the job log has the details for the operator.")
+
+
+def _limit_mb(which: int) -> str:
+    soft, _ = resource.getrlimit(which)
+    return "no limit" if soft == resource.RLIM_INFINITY else f"{soft // 2**20} MB"
+
+
 def _say(line: str) -> None:
     print(line, flush=True)
 
@@ -74,17 +98,8 @@ def main(argv: list[str]) -> int:
     spec = JobSpec(**json.loads(Path(argv[1]).read_text()))
     try:
         result = run(spec)
-    except KilnError as exc:
-        _say(f"error: {exc}")
-        result = {"ok": False, "reason": failure_reason(exc)}
-    except MemoryError:
-        result = {"ok": False, "reason": "ClientError: the model needs more memory than this Kiln server allows a "
-                                         "job; compile a smaller model or ask the operator to raise job_memory_mb"}
-    except Exception as exc:  # noqa: BLE001 - a Kiln bug: the trace goes to the log, a plain reason to the user
-        traceback.print_exc(file=sys.stdout)
-        result = {"ok": False, "reason": f"ServerError: Kiln failed unexpectedly ({type(exc).__name__}: {exc}). "
-                                         "This is a Kiln bug, not a problem with your request; the job log has "
-                                         "the details for the operator."}
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a FailureReason, see _reason
+        result = {"ok": False, "reason": _reason(exc)}
     spec.result_path.write_text(json.dumps(result))
     return 0
 

@@ -15,6 +15,7 @@ from modelkiln.errors import ValidationError
 from modelkiln.jobs.shapes import UnknownOperationError, parse_timestamp, validate_input
 from modelkiln.literal import parse_literal
 from modelkiln.targets import CompilerOptions, Target, parse_compiler_options, resolve
+from modelkiln.targets.catalog import UnsupportedTarget
 
 __all__ = [
     "AddTagsRequest", "CreateRequest", "DeleteTagsRequest", "InputSpec", "ListRequest", "ListTagsRequest",
@@ -122,7 +123,7 @@ class CreateRequest:
     role_arn: str
     input: InputSpec
     output: OutputSpec
-    target: Target
+    target: Target | None  # None: a target Kiln does not support; the job will fail saying why
     options: CompilerOptions
     stopping: StoppingCondition
     vpc: VpcConfig | None = None
@@ -178,7 +179,11 @@ def validate_create_compilation_job(
     input_ = input_spec(params.get("InputConfig"), params.get("ModelPackageVersionArn"), s3_hosts)
     output = output_spec(params["OutputConfig"])
     options = parse_compiler_options(output.compiler_options)
-    target = resolve(options, output.target_device, output.target_platform)
+    try:
+        target: Target | None = resolve(options, output.target_device, output.target_platform)
+    except UnsupportedTarget:
+        target = None  # a valid request for a target Kiln cannot build: the job is created and FAILED with why
+
     vpc = params.get("VpcConfig")
     return CreateRequest(
         name=params["CompilationJobName"],

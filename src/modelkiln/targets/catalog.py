@@ -87,6 +87,11 @@ def entry_for_platform(os: str, arch: str, accelerator: str | None = None) -> Ta
     return _entry(name, platforms[f"{os}/{arch}"], os=os)
 
 
+class UnsupportedTarget(ValidationError):
+    """A well-formed target Kiln cannot build for (e.g. Inferentia): the service accepts the job and fails it
+    with this as the FailureReason, as Neo does for what it cannot compile."""
+
+
 def resolve(
     options: CompilerOptions,
     device: str | None = None,
@@ -112,7 +117,7 @@ def resolve(
         entry = entry_for_platform(platform_["Os"], platform_["Arch"], platform_.get("Accelerator"))
     if isinstance(entry, Unsupported):
         field = "OutputConfig.TargetDevice" if device else "OutputConfig.TargetPlatform"
-        raise ValidationError(field, f"{entry.name} is not supported: {entry.reason}")
+        raise UnsupportedTarget(field, f"{entry.name} is not supported: {entry.reason}")
     return apply_options(entry, options)
 
 

@@ -1,0 +1,72 @@
+"""The dispatcher against a real job store: what it submits, and what it fails or recovers."""
+from __future__ import annotations
+
+import time
+
+from modelkiln.executor import Dispatcher
+from modelkiln.jobs.model import FAILED, INPROGRESS, STARTING
+from modelkiln.jobs.store import JobStore
+from tests.jobs.factories import make_job
+
+
+def _store(tmp_path) -> JobStore:
+    return JobStore(f"sqlite:///{tmp_path / 'kiln.db'}")
+
+
+def test_each_starting_job_is_submitted_once_per_attempt(tmp_path):
+    store = _store(tmp_path)
+    now = time.time()
+    first = store.create(make_job("first", at=now))
+    second = store.create(make_job("second", at=now + 1))
+    submitted: list[tuple[int, int]] = []
+    dispatcher = Dispatcher(store, lambda job_id, attempt: submitted.append((job_id, attempt)))
+    dispatcher.tick()
+    dispatcher.tick()
+    assert submitted == [(first.id, 0), (second.id, 0)]
+    # a worker claims the first and vanishes: once its lease lapses it is queued again, as a new attempt
+    claimed = store.claim_next("gone:1:x", lease_s=0.01, job_id=first.id)
+    assert claimed is not None and claimed.status == INPROGRESS
+    time.sleep(0.05)
+    dispatcher.tick()
+    assert store.get(first.account_id, "first").status == STARTING
+    assert submitted[-1] == (first.id, 1)
+
+
+def test_a_restarted_dispatcher_submits_the_queue_again(tmp_path):
+    store = _store(tmp_path)
+    job = store.create(make_job("queued", at=time.time()))
+    before: list[tuple[int, int]] = []
+    Dispatcher(store, lambda *key: before.append(key)).tick()
+    after: list[tuple[int, int]] = []
+    Dispatcher(store, lambda *key: after.append(key)).tick()
+    assert before == after == [(job.id, 0)]
+
+
+def test_jobs_queued_past_max_pending_time_fail(tmp_path):
+    store = _store(tmp_path)
+    store.create(make_job("waited", at=time.time() - 4000, max_pending=1800))
+    submitted: list[tuple[int, int]] = []
+    Dispatcher(store, lambda *key: submitted.append(key)).tick()
+    job = store.get("111111111111", "waited")
+    assert job.status == FAILED and "MaxPendingTimeInSeconds" in job.failure_reason and submitted == []
+
+
+def test_a_failing_tick_does_not_end_the_loop(tmp_path):
+    store = _store(tmp_path)
+    store.create(make_job("retried", at=time.time()))
+    calls: list[int] = []
+
+    def flaky_submit(job_id: int, attempt: int) -> None:
+        calls.append(job_id)
+        if len(calls) == 1:
+            raise ConnectionError("scheduler not reachable yet")
+
+    dispatcher = Dispatcher(store, flaky_submit, tick_s=0.05)
+    dispatcher.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        dispatcher.stop()
+    assert len(calls) == 2  # the failed submit was retried on the next tick

@@ -1,0 +1,72 @@
+"""The job sandbox: real child processes hitting real limits, and killed as a whole group."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from modelkiln.executor import sandbox
+
+LIMITS = sandbox.Limits(memory_bytes=512 * 2**20, file_size_bytes=2**20, cpu_seconds=60)
+
+
+def _python(code: str, limits: sandbox.Limits = LIMITS):
+    return sandbox.start([sys.executable, "-c", code], limits)
+
+
+def test_output_is_captured_and_exit_status_kept():
+    child = _python("print('hello'); import sys; sys.stderr.write('err\\n'); sys.exit(3)")
+    assert child.stdout.read().splitlines() == ["hello", "err"]
+    assert child.wait(30) == 3
+    assert "status 3" in sandbox.describe_exit(3, LIMITS)
+
+
+def test_memory_limit_stops_a_greedy_child():
+    child = _python("x = bytearray(2 * 1024**3)")  # 2 GiB against a 512 MiB address-space limit
+    out = child.stdout.read()
+    assert child.wait(30) != 0 and "MemoryError" in out
+
+
+def test_file_size_limit_stops_the_writer(tmp_path):
+    # Python ignores SIGXFSZ (and children inherit that), so the write fails with EFBIG instead of a signal
+    child = _python(f"open({str(tmp_path / 'big')!r}, 'wb').write(b'x' * (4 * 1024**2))")
+    assert "File too large" in child.stdout.read()
+    assert child.wait(30) == 1
+    assert (tmp_path / "big").stat().st_size <= 2**20
+    assert "file-size limit (1 MB)" in sandbox.describe_exit(-25, LIMITS)  # a tool that does not ignore it
+
+
+def test_kill_takes_the_whole_process_group(tmp_path):
+    pid_file = tmp_path / "grandchild.pid"
+    code = ("import subprocess, sys, time\n"
+            f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+            "time.sleep(600)\n")
+    child = _python(code)
+    for _ in range(100):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.1)
+    grandchild = int(pid_file.read_text())
+    started = time.monotonic()
+    sandbox.kill(child, grace_s=2)
+    assert child.returncode == -15 and time.monotonic() - started < 10  # SIGTERM was enough
+    for _ in range(50):  # the grandchild was in the group: it is gone (or a zombie awaiting its reaper)
+        try:
+            os.kill(grandchild, 0)
+            with open(f"/proc/{grandchild}/stat") as f:
+                if f.read().split()[2] == "Z":
+                    break
+        except (ProcessLookupError, FileNotFoundError):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the grandchild survived the kill")
+
+
+def test_a_child_ignoring_sigterm_is_killed():
+    child = _python("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+                    "time.sleep(600)")
+    assert child.stdout.readline().strip() == "ready"
+    sandbox.kill(child, grace_s=1)
+    assert child.returncode == -9
