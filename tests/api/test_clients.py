@@ -58,7 +58,7 @@ def test_aws_cli_shorthand_and_errors(server, account, models):
     aws(server, account, "s3", "cp", str(models / "cnn_onnx.tar.gz"), "s3://cli-short/model.tar.gz")
     created = aws(server, account, "sagemaker", "create-compilation-job", "--compilation-job-name", "short",
                   "--role-arn", account.role_arn,
-                  "--input-config", 'S3Uri=s3://cli-short/model.tar.gz,DataInputConfig={"data":[1,3,32,32]},'
+                  "--input-config", "S3Uri=s3://cli-short/model.tar.gz,DataInputConfig='{\"data\":[1,3,32,32]}',"
                                     "Framework=ONNX",
                   "--output-config", "S3OutputLocation=s3://cli-short/out/,TargetDevice=ml_c5",
                   "--stopping-condition", "MaxRuntimeInSeconds=600",
@@ -76,7 +76,7 @@ def test_aws_cli_shorthand_and_errors(server, account, models):
     assert missing.returncode != 0 and "ResourceNotFound" in missing.stderr
     bad = aws(server, account, "sagemaker", "create-compilation-job", "--compilation-job-name", "bad_name",
               "--role-arn", account.role_arn, "--input-config",
-              "S3Uri=s3://cli-short/model.tar.gz,DataInputConfig={},Framework=ONNX",
+              "S3Uri=s3://cli-short/model.tar.gz,DataInputConfig='{\"data\":[1,3,32,32]}',Framework=ONNX",
               "--output-config", "S3OutputLocation=s3://cli-short/out/,TargetDevice=ml_c5",
               "--stopping-condition", "MaxRuntimeInSeconds=600", check=False)
     assert bad.returncode != 0 and "ValidationException" in bad.stderr and "CompilationJobName" in bad.stderr

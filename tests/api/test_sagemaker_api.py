@@ -162,7 +162,7 @@ def _bad(alice, uploaded, **change):
     ({"RoleArn": "arn:aws:iam::123456789012:role/someone-else"}, "RoleArn"),
     ({"ModelPackageVersionArn": "arn:aws:sagemaker:us-east-1:123456789012:model-package/p/1"},
      "ModelPackageVersionArn"),
-    ({"StoppingCondition.MaxPendingTimeInSeconds": 60}, "MaxPendingTimeInSeconds"),
+    ({"StoppingCondition.MaxPendingTimeInSeconds": 2419201}, "MaxPendingTimeInSeconds"),
     ({"Tags": [{"Key": "aws:reserved", "Value": "x"}]}, "Tags"),
 ])
 def test_invalid_create_is_refused_naming_the_field(alice, sm, uploaded, change, field):

@@ -92,7 +92,7 @@ class Job:
     def from_request(cls, request: CreateRequest, account_id: str, region: str = DEFAULT_REGION,
                      now: float | None = None) -> Job:
         """A new STARTING job for a validated CreateCompilationJob request."""
-        now = time.time() if now is None else now
+        now = wire_time(now)
         stopping = request.stopping.wire()
         vpc = request.vpc
         return cls(
@@ -104,6 +104,12 @@ class Job:
             tags={t.key: t.value for t in request.tags},
             pending_deadline=pending_deadline(stopping, now),
         )
+
+
+def wire_time(now: float | None = None) -> float:
+    """Now (or `now`) to the millisecond: what botocore sends back in a time filter (CreationTimeAfter=...),
+    so a job's own times round-trip exactly and exclusive bounds exclude the job they came from."""
+    return round(time.time() if now is None else now, 3)
 
 
 def pending_deadline(stopping_condition: dict[str, Any], since: float) -> float | None:
@@ -130,7 +136,7 @@ def transition(job: Job, new: str, *, now: float | None = None, **fields: Any) -
         raise TypeError(f"transition() cannot set {', '.join(sorted(unknown))}")
     if new == FAILED and not (fields.get("failure_reason") or job.failure_reason):
         raise ValueError(f"moving {job.name} to FAILED needs a failure_reason")
-    now = time.time() if now is None else now
+    now = wire_time(now)
     changes: dict[str, Any] = {"status": new, "last_modified_time": now, **fields}
     if new == INPROGRESS and job.start_time is None:
         changes["start_time"] = now
@@ -145,7 +151,7 @@ def requeue(job: Job, *, now: float | None = None) -> Job:
     """INPROGRESS -> STARTING for another attempt after its worker vanished; the lease and start time go."""
     if job.status != INPROGRESS:
         raise IllegalTransition(job.name, job.status, STARTING)
-    now = time.time() if now is None else now
+    now = wire_time(now)
     return dataclasses.replace(job, status=STARTING, last_modified_time=now, start_time=None, lease_owner=None,
                                lease_expires=None, pending_deadline=pending_deadline(job.stopping_condition, now))
 
