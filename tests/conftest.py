@@ -6,7 +6,10 @@ import itertools
 import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
+import time
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -172,3 +175,38 @@ def new_postgres_database(server_url: str) -> str:
         conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE template0")
     engine.dispose()
     return server_url.format(database=name)
+
+
+# ---- a real S3-compatible server (moto): the S3 object store backend ------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """http://127.0.0.1:<port> of a moto S3 server subprocess, stopped when the session ends."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"moto server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("moto server did not start listening within 30 s")
+            time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the SageMaker-compatible API and S3 endpoint (one port) and the executor")
     _settings_flags(s, "host", "port", "data_dir", "store_url", "objects_url", "scheduler", "workers",
-                    "job_memory_mb", "job_file_size_mb")
+                    "job_memory_mb", "job_file_size_mb", "max_active_jobs")
     s.set_defaults(func=_serve)
 
     w = sub.add_parser("worker", help="run Dask worker processes for `kiln serve --scheduler tcp://...`")
@@ -203,6 +203,7 @@ _SETTING_HELP = {
     "workers": "local Dask worker processes, each running one job at a time",
     "job_memory_mb": "memory limit of each job's sandboxed compiler process (default 8192)",
     "job_file_size_mb": "largest file a job may write (default 4096)",
+    "max_active_jobs": "unfinished jobs an account may have; more is ResourceLimitExceeded (default 20)",
 }
 
 

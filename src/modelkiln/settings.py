@@ -10,6 +10,7 @@ file (TOML: --config, $KILN_CONFIG, or DATA_DIR/kiln.toml), else the default.
     workers = 2                 # KILN_WORKERS: LocalCluster worker processes (one job each at a time)
     job_memory_mb = 8192        # KILN_JOB_MEMORY_MB: address-space limit of a job's sandbox process
     job_file_size_mb = 4096     # KILN_JOB_FILE_SIZE_MB: largest file a job may write
+    max_active_jobs = 20        # KILN_MAX_ACTIVE_JOBS: unfinished jobs per account (more: ResourceLimitExceeded)
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class Settings:
     workers: int = max(1, (os.cpu_count() or 2) // 2)
     job_memory_mb: int = 8192
     job_file_size_mb: int = 4096
+    max_active_jobs: int = 20
 
     @property
     def job_store_url(self) -> str:

@@ -122,3 +122,50 @@ def test_server_killed_mid_job_recovers_it(tmp_path, models):
             assert "stopped responding" in job["FailureReason"]
     finally:
         server.stop()
+
+
+def test_job_limits_memory_and_active_jobs(tmp_path, models):
+    """A job's sandbox cannot take more memory than job_memory_mb; an account cannot queue past max_active_jobs."""
+    server = KilnServer(tmp_path / "data", ["--job-memory-mb", "150", "--max-active-jobs", "2"]).start()
+    try:
+        account = server.create_account()
+        model = _upload(server, account, models)
+        sm = server.client("sagemaker", account)
+        for name in ("starved-1", "starved-2"):
+            sm.create_compilation_job(**job_request(account, name, model, output=f"s3://kiln-tests/{name}/"))
+        with pytest.raises(sm.exceptions.ResourceLimitExceeded):
+            sm.create_compilation_job(**job_request(account, "one-too-many", model))
+        job = wait_for_job(sm, "starved-1")
+        assert job["CompilationJobStatus"] == "FAILED"
+        assert "more memory than this Kiln server allows a job (150 MB)" in job["FailureReason"]
+        wait_for_job(sm, "starved-2")
+        sm.create_compilation_job(**job_request(account, "room-again", model))  # finished jobs free the slots
+        sm.stop_compilation_job(CompilationJobName="room-again")
+    finally:
+        server.stop()
+
+
+def test_external_s3_object_store_with_kms(tmp_path, moto_endpoint, models):
+    """Objects in an external S3 (moto): the artifact is written there with the job's KmsKeyId as SSE-KMS,
+    and each Kiln account has its own buckets there."""
+    import boto3
+
+    objects = moto_endpoint.replace("http://", "http://testing:testing@") + "?region=us-east-1&prefix=e2e-"
+    server = KilnServer(tmp_path / "data", ["--objects-url", objects]).start()
+    try:
+        account, other = server.create_account(), server.create_account()
+        model = _upload(server, account, models)
+        sm = server.client("sagemaker", account)
+        key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+        request = job_request(account, "on-s3", model)
+        request["OutputConfig"]["KmsKeyId"] = key
+        sm.create_compilation_job(**request)
+        job = wait_for_job(sm, "on-s3")
+        assert job["CompilationJobStatus"] == "COMPLETED", job["FailureReason"]
+        remote = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        head = remote.head_object(Bucket=f"e2e-{account.account_id}-kiln-tests", Key="out/model-ml_c5.tar.gz")
+        assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == key
+        assert server.client("s3", other).list_buckets()["Buckets"] == []
+    finally:
+        server.stop()

@@ -2,11 +2,23 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 
 from modelkiln.executor import Dispatcher
 from modelkiln.jobs.model import FAILED, INPROGRESS, STARTING
 from modelkiln.jobs.store import JobStore
 from tests.jobs.factories import make_job
+
+
+def recorder(submitted: list[tuple[int, int]], finished: bool = False):
+    """A submit that records (job id, attempt) and returns a task that is still running (or already done)."""
+    def submit(job_id: int, attempt: int) -> Future:
+        submitted.append((job_id, attempt))
+        task: Future = Future()
+        if finished:
+            task.set_result("not claimed")
+        return task
+    return submit
 
 
 def _store(tmp_path) -> JobStore:
@@ -19,7 +31,7 @@ def test_each_starting_job_is_submitted_once_per_attempt(tmp_path):
     first = store.create(make_job("first", at=now))
     second = store.create(make_job("second", at=now + 1))
     submitted: list[tuple[int, int]] = []
-    dispatcher = Dispatcher(store, lambda job_id, attempt: submitted.append((job_id, attempt)))
+    dispatcher = Dispatcher(store, recorder(submitted))
     dispatcher.tick()
     dispatcher.tick()
     assert submitted == [(first.id, 0), (second.id, 0)]
@@ -36,17 +48,27 @@ def test_a_restarted_dispatcher_submits_the_queue_again(tmp_path):
     store = _store(tmp_path)
     job = store.create(make_job("queued", at=time.time()))
     before: list[tuple[int, int]] = []
-    Dispatcher(store, lambda *key: before.append(key)).tick()
+    Dispatcher(store, recorder(before)).tick()
     after: list[tuple[int, int]] = []
-    Dispatcher(store, lambda *key: after.append(key)).tick()
+    Dispatcher(store, recorder(after)).tick()
     assert before == after == [(job.id, 0)]
+
+
+def test_a_task_that_ended_without_claiming_its_job_is_resubmitted(tmp_path):
+    store = _store(tmp_path)
+    job = store.create(make_job("unlucky", at=time.time()))
+    submitted: list[tuple[int, int]] = []
+    dispatcher = Dispatcher(store, recorder(submitted, finished=True))
+    dispatcher.tick()
+    dispatcher.tick()
+    assert submitted == [(job.id, 0), (job.id, 0)]
 
 
 def test_jobs_queued_past_max_pending_time_fail(tmp_path):
     store = _store(tmp_path)
     store.create(make_job("waited", at=time.time() - 4000, max_pending=1800))
     submitted: list[tuple[int, int]] = []
-    Dispatcher(store, lambda *key: submitted.append(key)).tick()
+    Dispatcher(store, recorder(submitted)).tick()
     job = store.get("111111111111", "waited")
     assert job.status == FAILED and "MaxPendingTimeInSeconds" in job.failure_reason and submitted == []
 
@@ -56,10 +78,11 @@ def test_a_failing_tick_does_not_end_the_loop(tmp_path):
     store.create(make_job("retried", at=time.time()))
     calls: list[int] = []
 
-    def flaky_submit(job_id: int, attempt: int) -> None:
+    def flaky_submit(job_id: int, attempt: int) -> Future:
         calls.append(job_id)
         if len(calls) == 1:
             raise ConnectionError("scheduler not reachable yet")
+        return Future()
 
     dispatcher = Dispatcher(store, flaky_submit, tick_s=0.05)
     dispatcher.start()

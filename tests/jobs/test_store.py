@@ -14,6 +14,7 @@ from botocore.paginate import Paginator
 
 from modelkiln.jobs import database
 from modelkiln.jobs.errors import (
+    TooManyActiveJobs,
     IllegalTransition, InvalidToken, JobExists, JobNotFound, JobNotTerminal, LeaseLost, StatusConflict,
     TagLimitExceeded,
 )
@@ -43,6 +44,17 @@ def ts(epoch: float) -> str:
 
 
 # ---- create / get / delete ----------------------------------------------------------------------------
+
+def test_create_refuses_past_the_active_job_limit(store):
+    store.create(make_job("one"), max_active=2)
+    store.create(make_job("two"), max_active=2)
+    store.create(make_job("other-account", account=OTHER_ACCOUNT), max_active=2)  # limits are per account
+    with pytest.raises(TooManyActiveJobs) as caught:
+        store.create(make_job("three"), max_active=2)
+    assert caught.value.code == "ResourceLimitExceeded"
+    store.update_status(ACCOUNT, "one", {STARTING}, STOPPED)
+    store.create(make_job("three"), max_active=2)  # a finished job frees its slot
+
 
 def test_create_then_get_round_trips_every_field(store):
     job = make_job("Resnet-1", tags={"team": "ml", "cost": ""}, vpc_config={"SecurityGroupIds": ["sg-1"],

@@ -1,5 +1,5 @@
-"""What only the S3 backend does, against a real moto S3 server: KMS parameters, bucket prefixes, URLs,
-and error translation. (Account isolation on S3 is the service's own and is not exercised here.)"""
+"""What only the S3 backend does, against a real moto S3 server: KMS parameters, bucket prefixes, account
+slices, URLs, and error translation."""
 from __future__ import annotations
 
 import socket
@@ -10,7 +10,7 @@ import pytest
 from modelkiln.storage import NoSuchBucket, NoSuchKey, StorageError, open_store
 from modelkiln.storage.s3 import S3ObjectStore
 
-from .conftest import ACCOUNT, s3_store
+from .conftest import ACCOUNT, OTHER, s3_store
 
 
 def raw_client(endpoint: str):
@@ -44,12 +44,30 @@ def test_bucket_prefix_maps_names(moto_endpoint):
         theirs.head_object(ACCOUNT, "models", "k")
 
 
+def test_separate_accounts_get_separate_buckets(moto_endpoint):
+    store = S3ObjectStore(moto_endpoint, "us-east-1", "testing", "testing", bucket_prefix="sep-",
+                          separate_accounts=True)
+    store.create_bucket(ACCOUNT, "models")
+    store.put_object(ACCOUNT, "models", "k", b"mine")
+    assert f"sep-{ACCOUNT}-models" in {b["Name"] for b in raw_client(moto_endpoint).list_buckets()["Buckets"]}
+    assert store.list_buckets(OTHER) == []
+    with pytest.raises(NoSuchBucket):
+        store.get_object(OTHER, "models", "k")
+    store.create_bucket(OTHER, "models")  # the same name is free in another account
+    assert [b.name for b in store.list_buckets(OTHER)] == ["models"]
+    assert store.get_object(ACCOUNT, "models", "k")[1].read() == b"mine"
+
+
 def test_open_store_url_reaches_the_endpoint(moto_endpoint):
-    store = open_store(f"{moto_endpoint.replace('http://', 'http://testing:testing@')}/?region=us-east-1&prefix=url-")
-    assert isinstance(store, S3ObjectStore) and store.bucket_prefix == "url-"
+    base = moto_endpoint.replace('http://', 'http://testing:testing@')
+    store = open_store(f"{base}/?region=us-east-1&prefix=url-&accounts=shared")
+    assert isinstance(store, S3ObjectStore) and store.bucket_prefix == "url-" and not store.separate_accounts
     store.create_bucket(ACCOUNT, "via-url")
     store.put_object(ACCOUNT, "via-url", "k", b"through the url")
     assert raw_client(moto_endpoint).get_object(Bucket="url-via-url", Key="k")["Body"].read() == b"through the url"
+    assert open_store(f"{base}/?prefix=url-").separate_accounts  # the default keeps Kiln accounts apart
+    with pytest.raises(StorageError, match="accounts=mixed"):
+        open_store(f"{base}/?accounts=mixed")
 
 
 def test_head_tells_missing_bucket_from_missing_key(moto_endpoint):

@@ -70,7 +70,8 @@ def _params(body: bytes) -> Any:
 def create_compilation_job(services: Services, principal: Principal, params: Any) -> dict[str, Any]:
     request = validation.validate_create_compilation_job(params, principal.account_id)
     _check_locations(services, principal.account_id, request)
-    job = services.jobs.create(Job.from_request(request, principal.account_id, principal.region))
+    job = services.jobs.create(Job.from_request(request, principal.account_id, principal.region),
+                               max_active=services.max_active_jobs)
     services.notify()
     return {"CompilationJobArn": job.arn}
 

@@ -21,4 +21,5 @@ class Services:
     # Called after a job is created or stopped, so the executor looks at the store now rather than on its next
     # tick. The API never imports the executor: the job store is the queue between them.
     notify: Callable[[], None] = field(default=_nothing)
+    max_active_jobs: int = 20  # unfinished jobs per account; more is ResourceLimitExceeded
     max_json_body: int = 1024 * 1024  # largest awsJson request body accepted (a full CreateCompilationJob is <40 KB)

@@ -18,6 +18,7 @@ class DaskExecutor:
         self.config, self.scheduler, self.workers = config, scheduler, workers
         self.client: Any = None
         self.cluster: Any = None
+        self._submissions = 0
 
     def start(self) -> None:
         from distributed import Client, LocalCluster
@@ -32,12 +33,11 @@ class DaskExecutor:
             self.client = Client(self.cluster)
         log.info("Dask executor: %s", self.client.scheduler_info().get("address", self.scheduler))
 
-    def submit(self, job_id: int, attempt: int) -> None:
-        from distributed import fire_and_forget
-
-        # The key names the attempt, so a retried job gets a new task; fire_and_forget keeps it running
-        # without this process holding the future.
-        fire_and_forget(self.client.submit(run_job, self.config, job_id, key=f"kiln-job-{job_id}-{attempt}"))
+    def submit(self, job_id: int, attempt: int) -> Any:
+        """Queue run_job for the job; the future (held by the dispatcher, which keeps the task alive)."""
+        # The key names the attempt, so a retried job gets a new task, and a resubmitted one a fresh key.
+        self._submissions += 1
+        return self.client.submit(run_job, self.config, job_id, key=f"kiln-job-{job_id}-{attempt}-{self._submissions}")
 
     def close(self) -> None:
         if self.client is not None:

@@ -10,19 +10,26 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 from modelkiln.jobs.store import JobStore
 
 log = logging.getLogger("kiln.executor")
 TICK_S = 1.0
 
-Submit = Callable[[int, int], None]  # (job id, attempt)
+class Handle(Protocol):
+    """A submitted task (a Dask future)."""
+
+    def done(self) -> bool: ...
+
+
+Submit = Callable[[int, int], Handle]  # (job id, attempt) -> the task running it
 
 
 class Dispatcher:
     def __init__(self, store: JobStore, submit: Submit, tick_s: float = TICK_S) -> None:
         self.store, self.submit, self.tick_s = store, submit, tick_s
-        self._submitted: set[tuple[int, int]] = set()
+        self._submitted: dict[tuple[int, int], Handle] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kiln-dispatcher", daemon=True)
@@ -44,12 +51,14 @@ class Dispatcher:
             log.warning("job %s/%s: worker lease lapsed -> %s", job.account_id, job.name, job.status)
         for job in self.store.expire_pending():
             log.info("job %s/%s: waited past MaxPendingTimeInSeconds -> FAILED", job.account_id, job.name)
+        # A finished task whose job is still STARTING never claimed it (it failed first, e.g. the worker could not
+        # reach the store): forget it, so the job is submitted again rather than left waiting forever.
+        self._submitted = {key: task for key, task in self._submitted.items() if not task.done()}
         for job in self.store.starting():
             assert job.id is not None
             key = (job.id, job.attempts)
             if key not in self._submitted:
-                self.submit(job.id, job.attempts)
-                self._submitted.add(key)
+                self._submitted[key] = self.submit(job.id, job.attempts)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

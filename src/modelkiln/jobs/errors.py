@@ -31,6 +31,18 @@ class JobExists(JobError):
         self.account_id, self.name = account_id, name
 
 
+class TooManyActiveJobs(JobError):
+    """CreateCompilationJob while the account already has as many unfinished jobs as the server allows."""
+
+    code = "ResourceLimitExceeded"
+
+    def __init__(self, account_id: str, limit: int) -> None:
+        super().__init__(f"Account {account_id} already has {limit} compilation jobs that have not finished, "
+                         "the most this Kiln server allows.",
+                         "Wait for some to finish, or stop ones you no longer need, then create the job again.")
+        self.account_id, self.limit = account_id, limit
+
+
 class JobNotFound(JobError):
     """No job of that name (or ARN) in the caller's account."""
 

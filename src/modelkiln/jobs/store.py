@@ -22,8 +22,9 @@ import sqlalchemy as sa
 from modelkiln.jobs import database, leases, paging
 from modelkiln.jobs.errors import (
     IllegalTransition, JobExists, JobNotFound, JobNotTerminal, LeaseLost, StatusConflict, TagLimitExceeded,
+    TooManyActiveJobs,
 )
-from modelkiln.jobs.model import INPROGRESS, STARTING, STOPPED, STOPPING, TERMINAL, Job, can_transition, transition
+from modelkiln.jobs.model import ACTIVE, INPROGRESS, STARTING, STOPPED, STOPPING, TERMINAL, Job, can_transition, transition
 from modelkiln.jobs.rows import jobs_with_tags, load, name_key, save, values
 from modelkiln.jobs.schema import jobs, logs, tags
 
@@ -60,12 +61,18 @@ class JobStore:
 
     # ---- jobs ------------------------------------------------------------------------------------------
 
-    def create(self, job: Job) -> Job:
-        """Store a new job (with its tags); JobExists if the account already has that name."""
+    def create(self, job: Job, *, max_active: int | None = None) -> Job:
+        """Store a new job (with its tags); JobExists if the account already has that name, TooManyActiveJobs if
+        it already has `max_active` unfinished jobs (checked in the same transaction)."""
         try:
             with database.write(self.engine) as conn:
                 if load(conn, job.account_id, job.name) is not None:
                     raise JobExists(job.account_id, job.name)
+                if max_active is not None:
+                    active = conn.execute(sa.select(sa.func.count()).select_from(jobs).where(
+                        jobs.c.account_id == job.account_id, jobs.c.status.in_(sorted(ACTIVE)))).scalar_one()
+                    if active >= max_active:
+                        raise TooManyActiveJobs(job.account_id, max_active)
                 key = conn.execute(sa.insert(jobs).values(values(job))).inserted_primary_key
                 assert key is not None
                 row_id = key[0]

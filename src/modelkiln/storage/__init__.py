@@ -22,7 +22,8 @@ from modelkiln.storage.local import LocalObjectStore
 from modelkiln.storage.transfer import S3Uri, download_file, object_exists, parse_s3_uri, upload_file
 
 _FORMS = ("a directory path, file:///path, s3://?region=R&prefix=P (AWS), "
-          "or http(s)://[ACCESS_KEY:SECRET_KEY@]host[:port]?region=R&prefix=P (any S3 endpoint)")
+          "or http(s)://[ACCESS_KEY:SECRET_KEY@]host[:port]?region=R&prefix=P (any S3 endpoint); "
+          "add accounts=shared to let every Kiln account use the same buckets")
 
 
 def open_store(url: str) -> ObjectStore:
@@ -41,7 +42,15 @@ def open_store(url: str) -> ObjectStore:
     endpoint = None if parts.scheme == "s3" else f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
     return S3ObjectStore(endpoint, query.get("region", "us-east-1"),
                          unquote(parts.username) if parts.username else None,
-                         unquote(parts.password) if parts.password else None, query.get("prefix"))
+                         unquote(parts.password) if parts.password else None, query.get("prefix"),
+                         separate_accounts=_accounts_mode(query.get("accounts", "separate"), url))
+
+
+def _accounts_mode(value: str, url: str) -> bool:
+    if value not in ("separate", "shared"):
+        raise InvalidArgument(f"{url!r}: accounts={value} must be 'separate' (default: each Kiln account its own "
+                              "buckets) or 'shared' (all accounts use the same buckets)")
+    return value == "separate"
 
 
 __all__ = [

@@ -1,12 +1,11 @@
 """ObjectStore over any S3-compatible endpoint (AWS S3, MinIO, Ceph, moto, ...) through boto3.
 
-Account isolation here is the external S3's, by bucket ownership of the configured credentials: this
-store acts with one set of credentials and Kiln's account_id means nothing to the remote side, so every
-account calling one S3ObjectStore sees the buckets those credentials own. Where Kiln accounts must not
-share, give each its own store (its own credentials, or at least its own `bucket_prefix`) and let the S3
-service's ownership and bucket policies keep them apart. `bucket_prefix` maps Kiln bucket names onto a
-slice of a shared namespace: Kiln's bucket "models" is the physical bucket prefix + "models", and
-list_buckets shows only buckets carrying the prefix.
+The store acts with one set of credentials. `bucket_prefix` maps Kiln bucket names onto a slice of the
+remote namespace: Kiln's bucket "models" is the physical bucket prefix + "models", and list_buckets shows
+only buckets carrying the prefix. With `separate_accounts` (what `kiln serve` uses unless told
+`accounts=shared`), each Kiln account gets its own slice, prefix + "<account id>-" + name, so no account
+can name another's buckets; without it every account sees every bucket the credentials reach (one tenant
+using its existing buckets by their own names).
 
 Bodies are spooled (in memory up to 8 MiB, then to a temp file) so the request can carry a length and a
 Content-MD5 whatever the body's type. Creating a bucket in us-east-1 succeeds silently in S3 when the
@@ -99,19 +98,25 @@ class S3ObjectStore:
     supports_kms = True  # KmsKeyId is passed on as SSE-KMS
 
     def __init__(self, endpoint_url: str | None, region: str = "us-east-1", access_key: str | None = None,
-                 secret_key: str | None = None, bucket_prefix: str | None = None) -> None:
+                 secret_key: str | None = None, bucket_prefix: str | None = None,
+                 separate_accounts: bool = False) -> None:
         self.region = region
         self.bucket_prefix = bucket_prefix or ""
+        self.separate_accounts = separate_accounts
         style = "path" if endpoint_url else "virtual"  # self-hosted endpoints rarely have wildcard DNS
         self._client = boto3.client(
             "s3", endpoint_url=endpoint_url, region_name=region, aws_access_key_id=access_key,
             aws_secret_access_key=secret_key,
             config=Config(s3={"addressing_style": style}, retries={"max_attempts": 3, "mode": "standard"}))
 
-    def _name(self, bucket: str) -> str:
+    def _account_prefix(self, account_id: str) -> str:
+        return self.bucket_prefix + (f"{account_id}-" if self.separate_accounts else "")
+
+    def _name(self, account_id: str, bucket: str) -> str:
         validate_bucket_name(bucket)
-        physical = self.bucket_prefix + bucket
-        if self.bucket_prefix:
+        prefix = self._account_prefix(account_id)
+        physical = prefix + bucket
+        if prefix:
             validate_bucket_name(physical)
         return physical
 
@@ -124,7 +129,7 @@ class S3ObjectStore:
 
     def create_bucket(self, account_id: str, bucket: str) -> BucketInfo:
         """Create the bucket with the configured credentials."""
-        name = self._name(bucket)
+        name = self._name(account_id, bucket)
         try:
             self.head_bucket(account_id, bucket)
         except NoSuchBucket:
@@ -141,18 +146,19 @@ class S3ObjectStore:
         return BucketInfo(bucket, account_id, time.time())
 
     def list_buckets(self, account_id: str) -> list[BucketInfo]:
-        """The credentials' buckets that carry bucket_prefix, by name."""
+        """The credentials' buckets that carry bucket_prefix (and the account's prefix, if separate), by name."""
         with _s3_errors():
             found = self._client.list_buckets().get("Buckets", [])
-        n = len(self.bucket_prefix)
+        prefix = self._account_prefix(account_id)
+        n = len(prefix)
         return sorted((BucketInfo(b["Name"][n:], account_id, b["CreationDate"].timestamp())
-                       for b in found if b["Name"].startswith(self.bucket_prefix) and len(b["Name"]) > n),
+                       for b in found if b["Name"].startswith(prefix) and len(b["Name"]) > n),
                       key=lambda b: b.name)
 
     def head_bucket(self, account_id: str, bucket: str) -> BucketInfo:
         """The bucket, if the credentials can reach it; its creation time comes from ListBuckets."""
         with _s3_errors(NoSuchBucket):
-            self._client.head_bucket(Bucket=self._name(bucket))
+            self._client.head_bucket(Bucket=self._name(account_id, bucket))
         for info in self.list_buckets(account_id):
             if info.name == bucket:
                 return info
@@ -161,7 +167,7 @@ class S3ObjectStore:
     def delete_bucket(self, account_id: str, bucket: str) -> None:
         """Delete an empty bucket."""
         with _s3_errors():
-            self._client.delete_bucket(Bucket=self._name(bucket))
+            self._client.delete_bucket(Bucket=self._name(account_id, bucket))
 
     # objects
 
@@ -169,7 +175,7 @@ class S3ObjectStore:
                    metadata: dict[str, str] | None = None, checksums: dict[str, str] | None = None,
                    sse_kms_key_id: str | None = None) -> ObjectInfo:
         """Upload body in one request (S3 caps these at 5 GiB: larger objects need multipart)."""
-        name, meta, wanted = self._name(bucket), validate_metadata(metadata), normalize_checksums(checksums)
+        name, meta, wanted = self._name(account_id, bucket), validate_metadata(metadata), normalize_checksums(checksums)
         validate_key(key)
         with _spooled(body, list(wanted)) as (spool, digest):
             digest.verify(wanted)
@@ -189,7 +195,7 @@ class S3ObjectStore:
                    byte_range: ByteRange | None = None) -> tuple[ObjectInfo, BinaryIO]:
         """The object and its streaming body (of byte_range only, if given); the caller closes the body."""
         validate_key(key)
-        args: dict[str, Any] = {"Bucket": self._name(bucket), "Key": key, "ChecksumMode": "ENABLED"}
+        args: dict[str, Any] = {"Bucket": self._name(account_id, bucket), "Key": key, "ChecksumMode": "ENABLED"}
         if byte_range is not None:
             args["Range"] = range_header(byte_range)
         with _s3_errors(NoSuchKey):
@@ -200,7 +206,7 @@ class S3ObjectStore:
 
     def head_object(self, account_id: str, bucket: str, key: str) -> ObjectInfo:
         """The object's description without its body."""
-        name = self._name(bucket)
+        name = self._name(account_id, bucket)
         validate_key(key)
         try:
             with _s3_errors(NoSuchKey):
@@ -212,7 +218,7 @@ class S3ObjectStore:
 
     def delete_object(self, account_id: str, bucket: str, key: str) -> None:
         """Delete the object; a missing key is not an error."""
-        name = self._name(bucket)
+        name = self._name(account_id, bucket)
         validate_key(key)
         with _s3_errors():
             self._client.delete_object(Bucket=name, Key=key)
@@ -221,7 +227,7 @@ class S3ObjectStore:
                         max_keys: int = MAX_KEYS, continuation_token: str | None = None,
                         start_after: str | None = None) -> ListPage:
         """One page of keys from the service; its continuation tokens pass through unchanged."""
-        args: dict[str, Any] = {"Bucket": self._name(bucket), "Prefix": prefix, "MaxKeys": validate_max_keys(max_keys)}
+        args: dict[str, Any] = {"Bucket": self._name(account_id, bucket), "Prefix": prefix, "MaxKeys": validate_max_keys(max_keys)}
         optional = {"Delimiter": delimiter, "ContinuationToken": continuation_token, "StartAfter": start_after}
         args.update({k: v for k, v in optional.items() if v})
         with _s3_errors():
@@ -239,7 +245,7 @@ class S3ObjectStore:
                                 sse_kms_key_id: str | None = None) -> str:
         """Start a multipart upload to key; returns its upload id."""
         validate_key(key)
-        args: dict[str, Any] = {"Bucket": self._name(bucket), "Key": key, "Metadata": validate_metadata(metadata),
+        args: dict[str, Any] = {"Bucket": self._name(account_id, bucket), "Key": key, "Metadata": validate_metadata(metadata),
                                 **_sse_args(sse_kms_key_id)}
         if content_type:
             args["ContentType"] = content_type
@@ -249,7 +255,7 @@ class S3ObjectStore:
     def upload_part(self, account_id: str, bucket: str, key: str, upload_id: str, part_number: int,
                     body: Body) -> Part:
         """Upload one part."""
-        name = self._name(bucket)
+        name = self._name(account_id, bucket)
         validate_part_number(part_number)
         with _spooled(body) as (spool, digest), _s3_errors():
             r = self._client.upload_part(Bucket=name, Key=key, UploadId=upload_id, PartNumber=part_number,
@@ -259,7 +265,7 @@ class S3ObjectStore:
 
     def list_parts(self, account_id: str, bucket: str, key: str, upload_id: str) -> list[Part]:
         """The upload's parts so far, by number."""
-        pages = self._client.get_paginator("list_parts").paginate(Bucket=self._name(bucket), Key=key,
+        pages = self._client.get_paginator("list_parts").paginate(Bucket=self._name(account_id, bucket), Key=key,
                                                                    UploadId=upload_id)
         with _s3_errors():
             return [Part(p["PartNumber"], p["ETag"], p["Size"]) for page in pages for p in page.get("Parts", [])]
@@ -270,12 +276,12 @@ class S3ObjectStore:
         validate_part_list(parts)  # S3 checks this too, but not every S3-compatible server does
         listed = [{"PartNumber": n, "ETag": etag if etag.startswith('"') else f'"{etag}"'} for n, etag in parts]
         with _s3_errors():
-            self._client.complete_multipart_upload(Bucket=self._name(bucket), Key=key, UploadId=upload_id,
+            self._client.complete_multipart_upload(Bucket=self._name(account_id, bucket), Key=key, UploadId=upload_id,
                                                    MultipartUpload={"Parts": listed})
         return self.head_object(account_id, bucket, key)
 
     def abort_multipart_upload(self, account_id: str, bucket: str, key: str, upload_id: str) -> None:
         """Discard the upload and its parts."""
         with _s3_errors():
-            self._client.abort_multipart_upload(Bucket=self._name(bucket), Key=key, UploadId=upload_id)
+            self._client.abort_multipart_upload(Bucket=self._name(account_id, bucket), Key=key, UploadId=upload_id)
 
