@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import tarfile
 import time
 import urllib.request
@@ -15,7 +16,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from modelkiln.runtime import Model
-from tests.api.kiln_server import KilnServer, job_request, wait_for_job
+from tests.api.kiln_server import KILN, KilnServer, job_request, wait_for_job
 
 BUCKET = "kiln-tests"
 
@@ -88,7 +89,7 @@ def test_job_compiles_and_its_artifact_runs(server, alice, sm, uploaded, tmp_pat
     assert outputs[0].shape == (1, 10) and np.isclose(outputs[0].sum(), 1.0, atol=1e-4)  # softmax
 
 
-def test_job_log_is_kept_and_readable(server, alice, sm, uploaded):
+def test_job_log_is_kept_and_readable(server, alice, bob, sm, uploaded):
     sm.create_compilation_job(**job_request(alice, "logged", uploaded["onnx"]))
     assert wait_for_job(sm, "logged")["CompilationJobStatus"] == "COMPLETED"
     credentials = Credentials(alice.access_key_id, alice.secret_access_key)
@@ -97,6 +98,12 @@ def test_job_log_is_kept_and_readable(server, alice, sm, uploaded):
     with urllib.request.urlopen(urllib.request.Request(request.url, headers=dict(request.headers))) as response:
         text = response.read().decode()
     assert "claimed by worker" in text and "compile: onnxruntime" in text and text.rstrip().endswith("job COMPLETED")
+    cli = subprocess.run([KILN, "logs", "logged", "--data-dir", str(server.data_dir), "--account", alice.account_id],
+                         capture_output=True, text=True, check=True).stdout
+    assert cli == text  # the same log, read from the job store directly
+    ambiguous = subprocess.run([KILN, "logs", "logged", "--data-dir", str(server.data_dir)],
+                               capture_output=True, text=True)
+    assert ambiguous.returncode == 2 and "--account" in ambiguous.stderr  # the data dir has two accounts
 
 
 def test_pytorch_job_compiles(alice, sm, uploaded):

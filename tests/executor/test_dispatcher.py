@@ -1,6 +1,7 @@
 """The dispatcher against a real job store: what it submits, and what it fails or recovers."""
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import Future
 
@@ -93,3 +94,21 @@ def test_a_failing_tick_does_not_end_the_loop(tmp_path):
     finally:
         dispatcher.stop()
     assert len(calls) == 2  # the failed submit was retried on the next tick
+
+
+def test_jobs_of_a_dead_local_worker_are_recovered_before_their_lease_ends(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    store = _store(tmp_path)
+    job = store.create(make_job("orphaned", at=time.time()))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_worker = f"{socket.gethostname()}:{gone.stdout.strip()}:nonce"
+    store.claim_next(dead_worker, lease_s=3600, job_id=job.id)
+    alive = store.create(make_job("still-running", at=time.time()))
+    store.claim_next(f"{socket.gethostname()}:{os.getpid()}:nonce", lease_s=3600, job_id=alive.id)
+    submitted: list[tuple[int, int]] = []
+    Dispatcher(store, recorder(submitted)).tick()
+    assert store.get("111111111111", "orphaned").status == STARTING and submitted == [(job.id, 1)]
+    assert store.get("111111111111", "still-running").status == INPROGRESS

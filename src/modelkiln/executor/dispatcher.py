@@ -8,6 +8,8 @@ longer STARTING and returns (the claim is a compare-and-set in the store).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable
 from typing import Protocol
@@ -24,6 +26,23 @@ class Handle(Protocol):
 
 
 Submit = Callable[[int, int], Handle]  # (job id, attempt) -> the task running it
+
+
+def local_worker_gone(worker_id: str) -> bool:
+    """Whether a worker id (host:pid:nonce, see runner.py) names a process of this host that no longer exists:
+    then its jobs need not wait out their lease (a server restarted after a crash picks them up at once).
+    A reused pid only delays that to the lease's end."""
+    host, _, rest = worker_id.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class Dispatcher:
@@ -47,7 +66,7 @@ class Dispatcher:
         self._wake.set()
 
     def tick(self) -> None:
-        for job in self.store.recover_expired_leases():
+        for job in self.store.recover_expired_leases(is_dead=local_worker_gone):
             log.warning("job %s/%s: worker lease lapsed -> %s", job.account_id, job.name, job.status)
         for job in self.store.expire_pending():
             log.info("job %s/%s: waited past MaxPendingTimeInSeconds -> FAILED", job.account_id, job.name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -69,15 +70,23 @@ def renew(engine: sa.Engine, account_id: str, name: str, worker_id: str, lease_s
     return renewed
 
 
-def recover_expired(engine: sa.Engine, now: float | None = None, *, max_attempts: int = MAX_ATTEMPTS) -> list[Job]:
-    """Jobs whose lease lapsed: STOPPING -> STOPPED; INPROGRESS -> STARTING again while attempts remain, else FAILED."""
+def recover_expired(engine: sa.Engine, now: float | None = None, *, max_attempts: int = MAX_ATTEMPTS,
+                    is_dead: Callable[[str], bool] | None = None) -> list[Job]:
+    """Jobs whose lease lapsed, or whose worker `is_dead` says is gone: STOPPING -> STOPPED; INPROGRESS ->
+    STARTING again while attempts remain, else FAILED."""
     now = time.time() if now is None else now
+    lost = jobs.c.lease_expires < now
+    if is_dead is not None:  # then every leased job is looked at, and its owner asked about
+        lost = sa.true()
     query = (sa.select(jobs)
-             .where(jobs.c.status.in_((INPROGRESS, STOPPING)), jobs.c.lease_expires < now)
+             .where(jobs.c.status.in_((INPROGRESS, STOPPING)), lost)
              .order_by(jobs.c.id).with_for_update(skip_locked=True))
     changed = []
     with database.write(engine) as conn:
         for job in jobs_with_tags(conn, conn.execute(query).all()):
+            lapsed = job.lease_expires is None or job.lease_expires < now
+            if not lapsed and not (is_dead and job.lease_owner and is_dead(job.lease_owner)):
+                continue
             if job.status == STOPPING:
                 new = transition(job, STOPPED, now=now)
             elif job.attempts < max_attempts:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import builtins  # JobStore.list shadows list in the class body
 import dataclasses
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -240,10 +240,11 @@ class JobStore:
         """Extend worker_id's lease; the Job tells it whether a stop was requested. LeaseLost if it lost it."""
         return leases.renew(self.engine, account_id, name, worker_id, lease_s, now=now)
 
-    def recover_expired_leases(self, now: float | None = None, *, max_attempts: int = leases.MAX_ATTEMPTS
-                               ) -> builtins.list[Job]:
-        """Jobs whose worker stopped renewing: retried, failed, or (if stopping) stopped. The changed Jobs."""
-        return leases.recover_expired(self.engine, now, max_attempts=max_attempts)
+    def recover_expired_leases(self, now: float | None = None, *, max_attempts: int = leases.MAX_ATTEMPTS,
+                               is_dead: Callable[[str], bool] | None = None) -> builtins.list[Job]:
+        """Jobs whose worker stopped renewing (or that `is_dead(lease_owner)` says is gone): retried, failed, or
+        (if stopping) stopped. The changed Jobs."""
+        return leases.recover_expired(self.engine, now, max_attempts=max_attempts, is_dead=is_dead)
 
     def expire_pending(self, now: float | None = None) -> builtins.list[Job]:
         """FAIL STARTING jobs past their MaxPendingTimeInSeconds; the failed Jobs."""
