@@ -78,7 +78,8 @@ def compile_job(job: CompileJob, progress: Progress = lambda stage, msg: None) -
         with _stage("fetch", stages, progress, f"unpacking {job.model.name}"):
             model_dir = extract_model(job.model, work / "model")
         with _stage("convert", stages, progress, f"reading the {job.framework} model"):
-            model = frontend_for(job.framework)(model_dir, job.data_input_config, options.input_dtype)
+            model = frontend_for(job.framework)(model_dir, job.data_input_config, options.input_dtype,
+                                                options.recorded)
             feeds = sample_inputs(model.inputs)
             expected = model.reference(feeds)
         native = host_can_run(target)

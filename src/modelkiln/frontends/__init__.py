@@ -1,13 +1,15 @@
 """Framework frontends: one module per framework, each
-`load(model_dir, data_input_config, input_dtype) -> ConvertedModel` (input_dtype: CompilerOptions DTYPE).
+`load(model_dir, data_input_config, input_dtype, frontend_options) -> ConvertedModel` (input_dtype: CompilerOptions
+DTYPE; frontend_options: the Neo CompilerOptions a frontend may use, e.g. signature_def_key, output_names).
 
 To add a framework: write `frontends/<name>.py` with a `load` function and register it in FRONTENDS.
 """
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from modelkiln.errors import ValidationError
 from modelkiln.frontends.base import ConvertedModel, TensorSpec
@@ -31,7 +33,10 @@ def check_framework(framework: str) -> None:
         )
 
 
-def frontend_for(framework: str) -> Callable[[Path, str | None, str | None], ConvertedModel]:
+Load = Callable[[Path, str | None, str | None, Mapping[str, Any]], ConvertedModel]
+
+
+def frontend_for(framework: str) -> Load:
     """The `load` function of the framework's frontend module."""
     check_framework(framework)
     return importlib.import_module(f"modelkiln.frontends.{FRONTENDS[framework]}").load

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -16,7 +18,8 @@ MAX_IR_VERSION = 10  # the newest IR onnxruntime 1.31 loads; onnx 1.23 helpers w
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 
 
-def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None = None) -> ConvertedModel:
+def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None = None,
+         frontend_options: Mapping[str, Any] | None = None) -> ConvertedModel:
     """Load the archive's .onnx file, pin its input shapes, and check it is standard ONNX.
 
     Input dtypes come from the graph itself, so CompilerOptions DTYPE is not needed here."""

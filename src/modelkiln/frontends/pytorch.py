@@ -7,8 +7,9 @@ import os
 import sys
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -23,7 +24,8 @@ OPSET = 17
 TRACE_HINT = "save the model as TorchScript: torch.jit.trace(model.eval(), example_input).save('model.pth')"
 
 
-def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None = None) -> ConvertedModel:
+def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None = None,
+         frontend_options: Mapping[str, Any] | None = None) -> ConvertedModel:
     """Load the TorchScript file, trace it on the declared shapes and export it to ONNX."""
     path = exactly_one(model_dir, (".pth", ".pt"), "PyTorch")
     inputs = parse_data_input_config(data_input_config, allow_list=True, default_dtype=input_dtype or "float32")

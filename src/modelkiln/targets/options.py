@@ -13,7 +13,8 @@ PRECISIONS = ("float32", "float16", "bfloat16")
 INPUT_DTYPES = {"float": "float32", "float32": "float32", "float16": "float16", "int32": "int32",
                 "int64": "int64", "long": "int64"}
 BACKENDS = ("onnxruntime", "openvino", "iree")
-# Neo options Kiln records but that only matter to targets this release does not build.
+# Neo options handed to the frontends (signature_def_key, output_names, class_labels) or recorded for targets
+# this release does not build (gpu-code, trt-ver, cuda-ver, ANDROID_PLATFORM).
 RECORDED = (
     "gpu-code", "trt-ver", "cuda-ver", "ANDROID_PLATFORM", "class_labels",
     "signature_def_key", "output_names",
