@@ -1,0 +1,204 @@
+"""What the TensorFlow, Keras and TFLite frontends share: a quiet TensorFlow import, matching
+DataInputConfig against the model's own inputs, and tf2onnx's output made into Kiln's ONNX."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from modelkiln.errors import CompilationError, ValidationError
+from modelkiln.frontends.base import TensorSpec
+from modelkiln.frontends.input_config import FIELD
+from modelkiln.frontends.onnx import MAX_IR_VERSION, STANDARD_DOMAINS
+
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """An input as the source model declares it; None marks a dimension it leaves open."""
+
+    name: str  # without TensorFlow's ":0" port suffix
+    shape: tuple[int | None, ...] | None  # None: not even the rank is known (frozen graphs may say nothing)
+    dtype: str
+
+    def example(self) -> list[int]:
+        return [d or 1 for d in self.shape or (1,)]
+
+
+def import_tensorflow():
+    """tensorflow, imported with its C++ start-up chatter kept off the user's terminal."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" not in sys.modules:
+        with stderr_silenced():  # absl writes "All log messages before absl::InitializeLog()" whatever the level
+            import tensorflow  # noqa: F401
+    import tensorflow as tf
+    tf.get_logger().setLevel(logging.ERROR)
+    return tf
+
+
+def import_tf2onnx():
+    """tf2onnx, logging only errors (its INFO lines describe every optimizer pass)."""
+    import_tensorflow()
+    import tf2onnx
+    tf2onnx.logging.set_level(logging.ERROR)
+    return tf2onnx
+
+
+@contextlib.contextmanager
+def stderr_silenced() -> Iterator[None]:
+    """Native libraries print straight to fd 2; Python warnings are silenced too. Our errors say what matters."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def strip_port(name: str) -> str:
+    """TensorFlow tensor names carry an output index (":0"); users write them with or without it."""
+    head, sep, port = name.rpartition(":")
+    return head if sep and port.isdigit() else name
+
+
+def config_example(inputs: list[ModelInput]) -> str:
+    return json.dumps({i.name: i.example() for i in inputs})
+
+
+def match_names(declared: list[ModelInput], wanted: list[TensorSpec], aliases: dict[str, str] | None = None
+                ) -> dict[str, TensorSpec]:
+    """Model input name -> the DataInputConfig entry for it; every input named once, by its own name
+    (":0" optional; aliases maps further accepted spellings to model names). Raises ValidationError."""
+    known = {i.name for i in declared}
+    aliases = aliases or {}
+    by_name: dict[str, TensorSpec] = {}
+    unknown = []
+    for spec in wanted:
+        name = strip_port(spec.name)
+        name = name if name in known else aliases.get(name, aliases.get(spec.name, name))
+        if name not in known:
+            unknown.append(spec.name)
+        by_name[name] = spec
+    missing = [i.name for i in declared if i.name not in by_name]
+    if unknown or missing:
+        raise ValidationError(
+            FIELD,
+            f"names {[w.name for w in wanted]} but the model's inputs are {sorted(known)}"
+            + (f" (unknown: {unknown})" if unknown else "") + (f" (missing: {missing})" if missing else "")
+            + f"; e.g. {config_example(declared)}",
+        )
+    return by_name
+
+
+def fits(model_shape: tuple[int | None, ...] | None, shape: tuple[int, ...]) -> bool:
+    """True when shape is one the model accepts: same rank, equal wherever the model fixes a size."""
+    if model_shape is None:
+        return True
+    return len(model_shape) == len(shape) and all(m is None or m == s for m, s in zip(model_shape, shape))
+
+
+def static_inputs(declared: list[ModelInput], wanted: list[TensorSpec] | None, framework: str) -> list[TensorSpec]:
+    """Static input specs under the model's names: DataInputConfig's shapes, checked against the model's,
+    or the model's own when DataInputConfig is absent and they are fully static."""
+    if wanted is None:
+        open_ = [i for i in declared if i.shape is None or None in i.shape]
+        if open_:
+            raise ValidationError(
+                FIELD,
+                f"{framework} model input(s) {', '.join(f'{i.name} {_show(i.shape)}' for i in open_)} leave "
+                f"dimensions open; DataInputConfig must give every input's shape, e.g. {config_example(declared)}",
+            )
+        return [TensorSpec(i.name, tuple(i.shape), i.dtype) for i in declared]  # type: ignore[arg-type]
+    by_name = match_names(declared, wanted)
+    specs = []
+    for i in declared:
+        shape = by_name[i.name].shape
+        if not fits(i.shape, shape):
+            raise ValidationError(f"{FIELD}.{by_name[i.name].name}",
+                                  f"shape {list(shape)} does not fit the model's input {i.name} {_show(i.shape)}")
+        specs.append(TensorSpec(i.name, shape, i.dtype))
+    return specs
+
+
+def _show(shape: tuple[int | None, ...] | None) -> str:
+    return "[unknown rank]" if shape is None else "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def finish_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                tool: str) -> onnx.ModelProto:
+    """Make tf2onnx's model what the backends expect: IR <= 10, only standard ops (else name the op that
+    did not convert), Kiln's input/output names, and static shapes everywhere."""
+    model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+    unconverted = sorted({n.op_type for n in model.graph.node
+                          if n.domain in STANDARD_DOMAINS and not onnx.defs.has(n.op_type, n.domain)}
+                         | {f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in STANDARD_DOMAINS})
+    if unconverted:
+        raise CompilationError(
+            "convert", f"{tool} has no ONNX conversion for operation(s) {', '.join(unconverted)}.",
+            "replace those operations in the model with supported ones (tf2onnx's support list: "
+            "https://github.com/onnx/tensorflow-onnx/blob/main/support_status.md), then save it again.",
+        )
+    initializers = {i.name for i in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(graph_inputs) != len(inputs) or len(model.graph.output) != len(outputs):
+        raise CompilationError("convert", f"{tool} produced {len(graph_inputs)} inputs and {len(model.graph.output)} "
+                               f"outputs; the model has {len(inputs)} and {len(outputs)}.",
+                               "please report this with the model.")
+    rename(model, {v.name: s.name for v, s in zip(graph_inputs, inputs)}
+           | {v.name: s.name for v, s in zip(model.graph.output, outputs)})
+    for value, spec in [*zip(graph_inputs, inputs), *zip(model.graph.output, outputs)]:
+        _set_shape(value, spec.shape)
+    del model.graph.value_info[:]  # tf2onnx leaves open batch dims there; inference redoes them static
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shapes are an optimisation hint for the backends, not a requirement
+        return model
+
+
+def rename(model: onnx.ModelProto, mapping: dict[str, str]) -> None:
+    """Rename graph values (inputs, outputs, node edges) in place."""
+    mapping = {old: new for old, new in mapping.items() if old != new}
+    if not mapping:
+        return
+    graph = model.graph
+    for node in graph.node:
+        node.input[:] = [mapping.get(n, n) for n in node.input]
+        node.output[:] = [mapping.get(n, n) for n in node.output]
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        value.name = mapping.get(value.name, value.name)
+
+
+def _set_shape(value: onnx.ValueInfoProto, shape: tuple[int, ...]) -> None:
+    dims = value.type.tensor_type.shape.dim
+    del dims[:]
+    for size in shape:
+        dims.add().dim_value = size
+
+
+def conversion_failed(tool: str, exc: BaseException, hint: str) -> CompilationError:
+    """A converter's exception as a typed error with its first line."""
+    return CompilationError("convert", f"{tool} could not convert the model: {first_line(exc)}", hint)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:400] if text else exc.__class__.__name__
+
+
+def numpy_dtype(tf_dtype: Any) -> str:
+    """A tf.DType (or numpy type) as a numpy dtype name."""
+    return np.dtype(getattr(tf_dtype, "as_numpy_dtype", tf_dtype)).name
