@@ -33,6 +33,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/compile_bench.py
+	$(BIN)/python bench/tree_bench.py
 
 # Regenerate the README's support matrix from the target catalog.
 readme: $(STAMP)

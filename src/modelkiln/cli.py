@@ -160,7 +160,8 @@ def _inputs(args: argparse.Namespace, meta: dict):
     specs = meta["Model"]["Inputs"]
     if args.random:
         rng = np.random.default_rng(0)
-        return [rng.standard_normal(i["shape"]).astype(i["dtype"]) for i in specs]
+        # -1: a tree model's free row count; one row will do
+        return [rng.standard_normal([1 if d == -1 else d for d in i["shape"]]).astype(i["dtype"]) for i in specs]
     if not args.input:
         raise ArtifactError(f"give --input FILE.npy (inputs: {[i['name'] for i in specs]}) or --random")
     if any("=" in i for i in args.input):

@@ -153,7 +153,7 @@ def test_operator_iree_cannot_convert_is_named_and_another_backend_ships(tmp_pat
 
 def test_unsupported_framework_and_target_are_validation_errors(models, tmp_path):
     with pytest.raises(ValidationError) as err:
-        compile_job(CompileJob(model=models / "cnn_onnx.tar.gz", framework="TENSORFLOW", output_dir=tmp_path,
+        compile_job(CompileJob(model=models / "cnn_onnx.tar.gz", framework="CAFFE", output_dir=tmp_path,
                                target_device="ml_c5"))
     assert err.value.field == "InputConfig.Framework"
     with pytest.raises(ValidationError) as err:

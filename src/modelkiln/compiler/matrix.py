@@ -40,7 +40,8 @@ def render_markdown() -> str:
             cells = [f"`{name}`", "—", "unsupported", entry.reason.replace("|", "/"), *("" for _ in ALL_FRAMEWORKS)]
         else:
             cpu = f"{entry.arch} {entry.mcpu}"
-            cells = [f"`{name}`", cpu, ", ".join(entry.backends), check_method(entry.arch),
+            order = ", ".join(entry.backends) + (f"; trees: {', '.join(entry.tree_backends)}" if entry.tree_backends else "")
+            cells = [f"`{name}`", cpu, order, check_method(entry.arch),
                      *("✓" if f in FRONTENDS else "" for f in ALL_FRAMEWORKS)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -2,7 +2,9 @@
 
 Where the target is this host's kind of CPU, every eligible backend is compiled, verified and timed,
 and the fastest that verifies ships. Elsewhere the catalog's order decides: the first candidate that
-verifies (under emulation, or by the checks listed in its report) ships.
+verifies (under emulation, or by the checks listed in its report) ships. The order is the catalog's for the
+model's kind (tree ensembles have their own, Treelite first); a backend that takes none of the forms the
+frontend produced (ONNX, ONNX-ML, Treelite) is skipped with the reason.
 """
 from __future__ import annotations
 
@@ -84,7 +86,8 @@ def compile_job(job: CompileJob, progress: Progress = lambda stage, msg: None) -
             expected = model.reference(feeds)
         native = host_can_run(target)
         ctx = _Context(target, options, model, feeds, expected, native, progress)
-        candidates = [Candidate(name, BACKENDS[name].version()) for name in target.backends]
+        order = target.backends_for(trees=model.tree_model is not None)
+        candidates = [Candidate(name, BACKENDS[name].version()) for name in order]
         with _stage("compile", stages, progress, f"{len(candidates)} candidate(s) for {target.name}"):
             for cand in candidates:
                 if not native and any(c.status == "verified" for c in candidates):
@@ -114,7 +117,7 @@ def compile_job(job: CompileJob, progress: Progress = lambda stage, msg: None) -
 def _try_candidate(ctx: _Context, cand: Candidate, workdir: Path) -> None:
     """Compile, verify and (natively) time one backend; record everything on cand, never raise."""
     backend = BACKENDS[cand.backend]
-    reason = backend.unsupported_reason(ctx.target, ctx.options)
+    reason = backend.unsupported_reason(ctx.target, ctx.options) or _form_reason(backend, ctx.model)
     if reason:
         cand.status, cand.reason = "skipped", reason
         return
@@ -122,7 +125,7 @@ def _try_candidate(ctx: _Context, cand: Candidate, workdir: Path) -> None:
     ctx.progress("compile", f"{cand.backend} {cand.version}")
     start = time.perf_counter()
     try:
-        output = backend.compile(ctx.model.onnx_model, ctx.target, ctx.options, workdir)
+        output = backend.compile(_form(backend, ctx.model), ctx.target, ctx.options, workdir)
     except CompilationError as exc:
         cand.status, cand.reason = "failed", exc.message
         return
@@ -168,11 +171,13 @@ def _verify_foreign(ctx: _Context, backend: Backend, output: BackendOutput, meta
     """Check a candidate this host cannot run natively: emulate it, or check what can be checked."""
     tolerance = TOLERANCE[ctx.options.precision]
     inputs = _ordered(ctx)
-    if backend.portable:  # same bytes, another CPU: the target arch's build of the runtime loads them
+    if backend.emulated_in_python:  # the target arch's Python runs Kiln's runtime on the artifact
         python = emulation.find_python_emulator(ctx.target.arch, backend.runtime_requirement())
         if isinstance(python, emulation.PythonEmulator):
             outputs = emulation.run_runtime(python, workdir, meta, inputs)
             return compare(outputs, ctx.expected, tolerance, python.describe())
+        if not backend.portable:  # native code for another CPU: check a build of it for this host
+            return _host_twin_check(ctx, backend, workdir / output.files[0], python)
         check = compare(open_executor(workdir, meta).run(inputs), ctx.expected, tolerance,
                         f"host ({host_arch()}), same bytes")
         return _not_on_target(check, f"{python}; the identical {output.files[0]} ran on this host's {backend.name}")
@@ -190,7 +195,7 @@ def _host_twin_check(ctx: _Context, backend: Backend, module: Path, why_not: str
     twin = resolve(dataclasses.replace(ctx.options, mcpu="x86-64", mattr=()),
                    platform_={"Os": "LINUX", "Arch": "X86_64"})
     with tempfile.TemporaryDirectory(prefix="kiln-twin-") as tmp:
-        out = backend.compile(ctx.model.onnx_model, twin, ctx.options, Path(tmp))
+        out = backend.compile(_form(backend, ctx.model), twin, ctx.options, Path(tmp))
         meta = build_meta(twin, ctx.model, backend, out, ctx.options)
         check = compare(open_executor(Path(tmp), meta).run(_ordered(ctx)), ctx.expected,
                         TOLERANCE[ctx.options.precision], f"host twin ({host_arch()})")
@@ -229,6 +234,24 @@ def _select(candidates: list[Candidate], ctx: _Context) -> tuple[Candidate, str]
         winner, how = ok[0], f"first verified candidate in the catalog's order for {ctx.target.arch}"
     winner.status = "selected"
     return winner, how
+
+
+def _form_reason(backend: Backend, model: ConvertedModel) -> str | None:
+    """Why backend cannot take this model in any form the frontend produced, or None."""
+    if set(backend.forms) & model.forms:
+        return None
+    if "treelite" in backend.forms:
+        return f"{backend.name} compiles tree ensembles only (XGBoost, scikit-learn forests)"
+    if "onnx-ml" in model.forms:
+        ops = sorted({n.op_type for n in model.onnx_model.graph.node if n.domain == "ai.onnx.ml"})
+        return f"{backend.name} does not implement the ONNX-ML operators {', '.join(ops)}"
+    return f"no ONNX form of this model for {backend.name}: " + next(
+        (n for n in model.notes if n.startswith("No ONNX twin")), "the frontend produced none")
+
+
+def _form(backend: Backend, model: ConvertedModel):
+    """The model in the form backend compiles: the Treelite model or the ONNX graph."""
+    return model.tree_model if "treelite" in backend.forms else model.onnx_model
 
 
 def _ordered(ctx: _Context) -> list[np.ndarray]:

@@ -15,8 +15,9 @@ from modelkiln.targets import Target
 # Allowed error, relative to the largest reference magnitude of each output.
 TOLERANCE = {"float32": 1e-3, "float16": 3e-2, "bfloat16": 3e-2}
 SEED = 20261122
+SAMPLE_ROWS = 256  # rows drawn for a free (-1) row dimension: tree models
 INPUTS_USED = (f"one sample of each input, seed {SEED}: floats from a standard normal, "
-               "integers and bools uniform in {0, 1}")
+               f"integers and bools uniform in {{0, 1}}; {SAMPLE_ROWS} rows where the row count is free")
 
 
 @dataclass
@@ -50,10 +51,11 @@ def sample_inputs(specs: list[TensorSpec], seed: int = SEED) -> dict[str, np.nda
     feeds = {}
     for spec in specs:
         dtype = np.dtype(spec.dtype)
+        shape = tuple(SAMPLE_ROWS if d == -1 else d for d in spec.shape)
         if dtype.kind == "f":
-            feeds[spec.name] = rng.standard_normal(spec.shape).astype(dtype)
+            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
         else:
-            feeds[spec.name] = rng.integers(0, 2, size=spec.shape).astype(dtype)
+            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
     return feeds
 
 

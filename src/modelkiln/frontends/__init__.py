@@ -15,10 +15,7 @@ from modelkiln.errors import ValidationError
 from modelkiln.frontends.base import ConvertedModel, TensorSpec
 
 # Framework (the API's enum) -> module under frontends/. Imported lazily: torch is slow to import.
-FRONTENDS = {
-    "ONNX": "onnx", "PYTORCH": "pytorch", "TENSORFLOW": "tensorflow", "KERAS": "keras", "TFLITE": "tflite",
-    "MXNET": "mxnet", "DARKNET": "darknet",
-}
+FRONTENDS = {"ONNX": "onnx", "PYTORCH": "pytorch", "TENSORFLOW": "tensorflow", "KERAS": "keras", "TFLITE": "tflite", "XGBOOST": "xgboost", "SKLEARN": "sklearn", "MXNET": "mxnet", "DARKNET": "darknet"}
 ALL_FRAMEWORKS = ("TENSORFLOW", "KERAS", "MXNET", "ONNX", "PYTORCH", "XGBOOST", "TFLITE", "DARKNET", "SKLEARN")
 
 __all__ = ["ConvertedModel", "TensorSpec", "check_framework", "frontend_for"]

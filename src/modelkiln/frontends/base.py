@@ -1,9 +1,11 @@
-"""What every frontend returns: the model in common form (ONNX) plus a way to run the source model."""
+"""What every frontend returns: the model in common form (ONNX, or a Treelite model for tree ensembles)
+plus a way to run the source model."""
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -15,7 +17,7 @@ Feeds = dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One model input or output: name, static shape, numpy dtype name."""
+    """One model input or output: name, shape (static; -1 only for the free row count of tree models), dtype."""
 
     name: str
     shape: tuple[int, ...]
@@ -29,7 +31,7 @@ class TensorSpec:
 class ConvertedModel:
     """A framework model in Kiln's common form, with its source framework as the reference."""
 
-    onnx_model: onnx.ModelProto
+    onnx_model: onnx.ModelProto | None  # None: a tree ensemble no converter here takes to ONNX
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     reference: Callable[[Feeds], list[np.ndarray]]  # the source framework running the source model
@@ -37,6 +39,17 @@ class ConvertedModel:
     framework_version: str | None  # as read from the model files, when they say
     converters: dict[str, str] = field(default_factory=dict)  # package -> version used
     notes: list[str] = field(default_factory=list)
+    tree_model: Any = None  # a treelite.Model, for tree ensembles (XGBoost, scikit-learn forests)
+
+    @property
+    def forms(self) -> set[str]:
+        """The forms a backend may compile: "treelite", "onnx" (standard operators only) or "onnx-ml"
+        (ONNX using the ai.onnx.ml operators, e.g. TreeEnsemble, Scaler, LinearClassifier)."""
+        forms = {"treelite"} if self.tree_model is not None else set()
+        if self.onnx_model is not None:
+            ml = any(n.domain == "ai.onnx.ml" for n in self.onnx_model.graph.node)
+            forms.add("onnx-ml" if ml else "onnx")
+        return forms
 
 
 def find_model_files(model_dir: Path, suffixes: tuple[str, ...]) -> list[Path]:

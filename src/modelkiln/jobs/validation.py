@@ -280,7 +280,8 @@ def data_inputs(text: str, framework: str) -> dict[str, Any] | list[Any]:
     """DataInputConfig parsed (JSON or Python literal): a dict of input shapes, or for PYTORCH also a list."""
     field = "InputConfig.DataInputConfig"
     parsed = parse_literal(text, field)
-    if isinstance(parsed, dict) or (isinstance(parsed, list) and framework == "PYTORCH"):
+    # PyTorch: a list of shapes; XGBoost/scikit-learn: one bare [rows, features] shape, as AWS documents
+    if isinstance(parsed, dict) or (isinstance(parsed, list) and framework in ("PYTORCH", "XGBOOST", "SKLEARN")):
         return parsed
     lists = " (or, for PYTORCH, a list of shapes)" if framework != "PYTORCH" else " or a list of shapes"
     example = '{"data": [1, 3, 224, 224]}'

@@ -12,6 +12,7 @@ EXECUTORS = {
     "iree": "modelkiln.runtime.run_iree",
     "onnxruntime": "modelkiln.runtime.run_onnxruntime",
     "openvino": "modelkiln.runtime.run_openvino",
+    "treelite": "modelkiln.runtime.run_treelite",
 }
 
 

@@ -29,6 +29,7 @@ class Model:
         self._inputs = self.meta["Model"]["Inputs"]
         self._outputs = self.meta["Model"]["Outputs"]
         # Parsed once: run() checks every input against these on every call.
+        # A -1 dimension (a tree model's row count) takes any size.
         self._expected = [(i["name"], tuple(i["shape"]), np.dtype(i["dtype"])) for i in self._inputs]
         self._executor = open_executor(self.directory, self.meta, threads)
 
@@ -87,7 +88,7 @@ def _conform(expected: tuple[str, tuple[int, ...], np.dtype], array) -> np.ndarr
     """The input as the compiled model takes it, or an error naming what differs."""
     name, shape, dtype = expected
     array = np.asarray(array)
-    if array.shape != shape:
+    if array.ndim != len(shape) or any(want not in (-1, got) for want, got in zip(shape, array.shape)):
         raise ArtifactError(
             f"input {name!r} must have shape {list(shape)}, got {list(array.shape)} "
             "(the model was compiled for fixed shapes: recompile with another DataInputConfig)"

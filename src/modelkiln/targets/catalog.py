@@ -30,10 +30,15 @@ class Target:
     mcpu: str
     features: tuple[str, ...]  # ARM: LLVM mattr; x86: host cpu flags needed to run the code
     backends: tuple[str, ...]
+    tree_backends: tuple[str, ...] = ()  # the order for tree ensembles (a Treelite form)
     device_type: str = "cpu"
     os: str = "LINUX"
     about: str = ""
     note: str = ""
+
+    def backends_for(self, trees: bool) -> tuple[str, ...]:
+        """The backend order for a tree ensemble (trees=True) or any other model."""
+        return self.tree_backends if trees else self.backends
 
     @property
     def mattr(self) -> tuple[str, ...]:
@@ -139,16 +144,18 @@ def apply_options(target: Target, options: CompilerOptions) -> Target:
                 "x86 features come from mcpu (e.g. skylake-avx512); mattr applies to ARM targets",
             )
         features = tuple(dict.fromkeys(features + options.mattr))
-    backends = target.backends
+    backends, tree_backends = target.backends, target.tree_backends
     if options.backend is not None:
-        if options.backend not in backends:
+        eligible = tuple(dict.fromkeys(backends + tree_backends))
+        if options.backend not in eligible:
             raise ValidationError(
                 "OutputConfig.CompilerOptions.kiln-backend",
                 f"backend {options.backend!r} cannot build for {target.name} ({target.arch}); "
-                f"eligible: {', '.join(backends)}",
+                f"eligible: {', '.join(eligible)}",
             )
-        backends = (options.backend,)
-    return Target(**{**target.__dict__, "mcpu": mcpu, "features": features, "backends": backends})
+        backends = tree_backends = (options.backend,)
+    return Target(**{**target.__dict__, "mcpu": mcpu, "features": features, "backends": backends,
+                     "tree_backends": tree_backends})
 
 
 def _entry(name: str, table: dict, os: str = "LINUX") -> Target | Unsupported:
@@ -162,6 +169,7 @@ def _entry(name: str, table: dict, os: str = "LINUX") -> Target | Unsupported:
         mcpu=table["mcpu"],
         features=tuple(arch["cpus"][table["mcpu"]]),
         backends=tuple(table.get("backends", arch["backends"])),
+        tree_backends=tuple(table.get("tree_backends", arch.get("tree_backends", ()))),
         os=os,
         about=table.get("about", ""),
         note=table.get("note", ""),

@@ -1,4 +1,4 @@
-"""Compiler backends behind one interface (base.Backend). To add one: write a module with a class that
+"""Compiler backends behind one interface (base.Backend); each says which model forms it takes. To add one: write a module with a class that
 implements Backend, register it in BACKENDS, add an executor to runtime/executors.py, and name it in
 the target catalog's backend lists."""
 from __future__ import annotations
@@ -7,9 +7,10 @@ from .base import Backend, BackendOutput
 from .iree import IreeBackend
 from .onnxruntime import OnnxRuntimeBackend
 from .openvino import OpenVinoBackend
+from .treelite import TreeliteBackend
 
 BACKENDS: dict[str, Backend] = {
-    b.name: b for b in (OnnxRuntimeBackend(), OpenVinoBackend(), IreeBackend())
+    b.name: b for b in (OnnxRuntimeBackend(), OpenVinoBackend(), IreeBackend(), TreeliteBackend())
 }
 
 __all__ = ["BACKENDS", "Backend", "BackendOutput"]

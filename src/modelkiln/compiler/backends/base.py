@@ -25,6 +25,11 @@ class Backend(Protocol):
     # True when the artifact's bytes do not depend on the CPU architecture (an IR the runtime JITs),
     # so running it on this host checks the very bytes that ship.
     portable: bool
+    # The model forms it compiles (ConvertedModel.forms): "onnx", "onnx-ml" (ai.onnx.ml operators), "treelite".
+    forms: tuple[str, ...]
+    # True when Kiln's runtime, in the target arch's Python under qemu-user, runs the artifact (for
+    # verification on foreign CPUs); False for IREE modules, run with iree-run-module.
+    emulated_in_python: bool
 
     def version(self) -> str:
         """The backend's package version, recorded in compiled.meta."""
@@ -39,5 +44,6 @@ class Backend(Protocol):
         ...
 
     def compile(self, model: onnx.ModelProto, target: Target, options: CompilerOptions, workdir: Path) -> BackendOutput:
-        """Compile the ONNX model for target into workdir; raise CompilationError naming what failed."""
+        """Compile the model (in the backend's form: ONNX, or a treelite.Model) for target into workdir;
+        raise CompilationError naming what failed."""
         ...

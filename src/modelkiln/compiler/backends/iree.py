@@ -27,6 +27,8 @@ TIMEOUT_S = 1800
 class IreeBackend:
     name = "iree"
     portable = False
+    forms = ("onnx",)
+    emulated_in_python = False
 
     def version(self) -> str:
         return version("iree-base-compiler")

@@ -18,6 +18,8 @@ FILE = "compiled.onnx"
 class OnnxRuntimeBackend:
     name = "onnxruntime"
     portable = True
+    forms = ("onnx", "onnx-ml")
+    emulated_in_python = True
 
     def version(self) -> str:
         return ort.__version__

@@ -16,6 +16,8 @@ from .base import BackendOutput
 class OpenVinoBackend:
     name = "openvino"
     portable = True
+    forms = ("onnx",)  # its ONNX frontend has no ai.onnx.ml operators
+    emulated_in_python = True
 
     def version(self) -> str:
         return version("openvino")
