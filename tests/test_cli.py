@@ -130,3 +130,10 @@ def test_settings_come_from_flags_environment_and_config_file(tmp_path):
     (tmp_path / "bad.toml").write_text('prot = 1\n')
     bad = kiln("accounts", "list", "--config", str(tmp_path / "bad.toml"))
     assert bad.returncode == 2 and "prot" in bad.stderr and "port" in bad.stderr
+
+
+def test_framework_version_kiln_cannot_read_is_refused(models, tmp_path):
+    proc = kiln("compile", "--model", str(models / "cnn_onnx.tar.gz"), "--framework", "ONNX", "--framework-version",
+                "2.0", "--target-device", "ml_c5", "--output", str(tmp_path))
+    assert proc.returncode == 2 and "InputConfig.FrameworkVersion" in proc.stderr and "ONNX 1.x" in proc.stderr
+    assert not (tmp_path / "model.tar.gz").exists()

@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile a model for a target (SageMaker Neo's CreateCompilationJob, offline)")
     c.add_argument("--model", required=True, type=Path, help="model.tar.gz (or a bare .onnx/.pth file)")
     c.add_argument("--framework", required=True, type=str.upper, help="ONNX | PYTORCH | ...")
+    c.add_argument("--framework-version", help="InputConfig.FrameworkVersion, e.g. 2.1 (refused if Kiln cannot "
+                                               "read models of that version)")
     c.add_argument("--input-config", help='DataInputConfig, e.g. \'{"data":[1,3,224,224]}\' or \'[[1,3,224,224]]\'')
     target = c.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-device", help="a TargetDevice, e.g. ml_c5, rasp4b (see `kiln targets`)")
@@ -101,7 +103,7 @@ def _compile(args: argparse.Namespace) -> int:
         model=args.model, framework=args.framework, output_dir=args.output,
         data_input_config=args.input_config, target_device=args.target_device,
         target_platform=_platform(args.target_platform) if args.target_platform else None,
-        compiler_options=args.compiler_options,
+        compiler_options=args.compiler_options, framework_version=args.framework_version,
     )
 
     def progress(stage: str, message: str) -> None:

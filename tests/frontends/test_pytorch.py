@@ -81,3 +81,40 @@ def test_dtype_option_types_untyped_inputs(tmp_path):
     np.testing.assert_allclose(model.reference({"input0": ids})[0], want)
     with pytest.raises(CompilationError):  # float ids are not what the embedding takes
         load(tmp_path, "[[1, 6]]", "float32")
+
+
+@pytest.fixture(scope="module")
+def exported_cnn(tmp_path_factory):
+    """The small CNN as a torch.export archive (.pt2), and the module it came from."""
+    torch.manual_seed(0)
+    cnn = SmallCnn().eval()
+    folder = tmp_path_factory.mktemp("pt2")
+    torch.export.save(torch.export.export(cnn, (torch.randn(*CNN_SHAPE),)), str(folder / "model.pt2"))
+    return folder, cnn
+
+
+def test_torch_export_archive_compiles_with_its_own_shapes(exported_cnn, tmp_path):
+    from modelkiln.compiler import CompileJob, compile_job
+    from modelkiln.runtime import Model
+
+    folder, cnn = exported_cnn
+    model = load(folder, None)  # the archive records its shapes: no DataInputConfig needed
+    assert [(i.name, i.shape, i.dtype) for i in model.inputs] == [("input0", CNN_SHAPE, "float32")]
+    assert "torch.export" in model.notes[0]
+    report = compile_job(CompileJob(model=folder / "model.pt2", framework="PYTORCH", output_dir=tmp_path,
+                                    data_input_config='{"image": [1, 3, 32, 32]}', target_device="ml_c5",
+                                    compiler_options='{"kiln-backend": "onnxruntime"}'))
+    assert report.winner() is not None and report.winner().status == "selected"
+    x = np.random.default_rng(2).standard_normal(CNN_SHAPE).astype(np.float32)
+    got = Model(tmp_path / "model.tar.gz").run({"image": x})[0]
+    np.testing.assert_allclose(got, cnn(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_torch_export_archive_refuses_other_shapes_and_other_files(exported_cnn, tmp_path):
+    folder, _ = exported_cnn
+    with pytest.raises(CompilationError, match=r"exported for \[\[1, 3, 32, 32\]\]"):
+        load(folder, "[[1, 3, 64, 64]]")
+    (tmp_path / "model.pt2").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CompilationError, match="not a torch.export archive") as caught:
+        load(tmp_path, None)
+    assert "torch.export.save" in caught.value.hint

@@ -30,7 +30,7 @@ from modelkiln.compiler.verify import (
     KILN_ARCH_ELF, TOLERANCE, Check, compare, embedded_elf_arches, host_can_run, median_latencies_ms, sample_inputs,
 )
 from modelkiln.errors import CompilationError, KilnError
-from modelkiln.frontends import ConvertedModel, check_framework, frontend_for
+from modelkiln.frontends import ConvertedModel, check_framework, check_framework_version, frontend_for
 from modelkiln.runtime.executors import Executor, open_executor
 from modelkiln.runtime.model import host_arch
 from modelkiln.targets import CompilerOptions, Target, parse_compiler_options, resolve
@@ -49,6 +49,7 @@ class CompileJob:
     target_device: str | None = None
     target_platform: dict[str, str] | None = None
     compiler_options: str | None = None
+    framework_version: str | None = None  # InputConfig.FrameworkVersion, checked against what Kiln can read
 
 
 @dataclass
@@ -66,6 +67,7 @@ class _Context:
 def validate(job: CompileJob) -> tuple[Target, CompilerOptions]:
     """The checks that need no model file: framework, target, options. Raises ValidationError."""
     check_framework(job.framework)
+    check_framework_version(job.framework, job.framework_version)
     options = parse_compiler_options(job.compiler_options)
     target = resolve(options, device=job.target_device, platform_=job.target_platform)
     return target, options
@@ -103,7 +105,8 @@ def compile_job(job: CompileJob, progress: Progress = lambda stage, msg: None) -
                     "mattr": list(target.mattr), "device_type": target.device_type, "about": target.about},
             inputs=[i.as_meta() for i in model.inputs], outputs=[o.as_meta() for o in model.outputs],
             candidates=candidates, selected=winner.backend, selection=how, converters=model.converters,
-            notes=[n for n in (target.note, *model.notes) if n], stages_s=stages, kiln_version=__version__,
+            notes=[n for n in (target.note, *model.notes, _version_note(job, model)) if n], stages_s=stages,
+            kiln_version=__version__,
         )
         with _stage("package", stages, progress, f"writing {job.output_dir / 'model.tar.gz'}"):
             meta = json.loads((work / winner.backend / "compiled.meta").read_text())
@@ -234,6 +237,14 @@ def _select(candidates: list[Candidate], ctx: _Context) -> tuple[Candidate, str]
         winner, how = ok[0], f"first verified candidate in the catalog's order for {ctx.target.arch}"
     winner.status = "selected"
     return winner, how
+
+
+def _version_note(job: CompileJob, model: ConvertedModel) -> str:
+    """Say so when the FrameworkVersion asked for and the version the files record differ."""
+    asked, found = job.framework_version, model.framework_version
+    if asked and found and not found.startswith(asked) and not asked.startswith(found):
+        return f"FrameworkVersion {asked} was given, but the model files say they were written by {found}."
+    return ""
 
 
 def _form_reason(backend: Backend, model: ConvertedModel) -> str | None:

@@ -36,7 +36,8 @@ def run(spec: JobSpec) -> dict[str, Any]:
                                "upload the model there, or correct S3Uri, and create the job again") from None
     report = compile_job(
         CompileJob(model=local_model, framework=spec.framework, output_dir=work / "out",
-                   data_input_config=spec.data_input_config, target_device=spec.target_device,
+                   data_input_config=spec.data_input_config, framework_version=spec.framework_version,
+                   target_device=spec.target_device,
                    target_platform=spec.target_platform, compiler_options=spec.compiler_options),
         progress=lambda stage, message: _say(f"{stage}: {message}"),
     )

@@ -88,7 +88,8 @@ class _Supervisor:
         return JobSpec(
             account_id=self.job.account_id, input_uri=inp["S3Uri"], framework=inp["Framework"],
             output_location=out["S3OutputLocation"], objects_url=self.config.objects_url, work_dir=str(self.work),
-            data_input_config=inp.get("DataInputConfig"), target_device=out.get("TargetDevice"),
+            data_input_config=inp.get("DataInputConfig"), framework_version=inp.get("FrameworkVersion"),
+            target_device=out.get("TargetDevice"),
             target_platform=out.get("TargetPlatform"), compiler_options=out.get("CompilerOptions"),
             kms_key_id=out.get("KmsKeyId"),
         )

@@ -15,6 +15,7 @@ class JobSpec:
     objects_url: str
     work_dir: str
     data_input_config: str | None = None
+    framework_version: str | None = None
     target_device: str | None = None
     target_platform: dict[str, str] | None = None
     compiler_options: str | None = None
