@@ -324,3 +324,30 @@ def test_accounts_are_isolated(server, alice, bob, sm, uploaded):
     assert bob.account_id in arn
     bobs.stop_compilation_job(CompilationJobName="alices")
     assert sm.describe_compilation_job(CompilationJobName="alices")["RoleArn"] == alice.role_arn
+
+
+def test_xgboost_job_without_data_input_config(server, alice, sm, uploaded, tmp_path):
+    """A tree model through the service: no DataInputConfig (AWS: XGBoost needs none), Treelite's library ships."""
+    import xgboost
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 6)).astype(np.float32)
+    booster = xgboost.train({"objective": "binary:logistic", "max_depth": 3},
+                            xgboost.DMatrix(x, label=(x[:, 0] + x[:, 1] > 0).astype(int)), num_boost_round=20)
+    booster.save_model(str(tmp_path / "model.json"))
+    with tarfile.open(tmp_path / "xgb.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "model.json", arcname="model.json")
+    uploaded["s3"].upload_file(str(tmp_path / "xgb.tar.gz"), BUCKET, "xgb/model.tar.gz")
+    request = job_request(alice, "trees", f"s3://{BUCKET}/xgb/model.tar.gz", framework="XGBOOST", options=None,
+                          output=f"s3://{BUCKET}/trees/")
+    del request["InputConfig"]["DataInputConfig"]
+    sm.create_compilation_job(**request)
+    job = wait_for_job(sm, "trees")
+    assert job["CompilationJobStatus"] == "COMPLETED", job["FailureReason"]
+    artifact = tmp_path / "trees.tar.gz"
+    assert job["ModelArtifacts"]["S3ModelArtifacts"] == f"s3://{BUCKET}/trees/model-ml_c5.tar.gz"
+    uploaded["s3"].download_file(BUCKET, "trees/model-ml_c5.tar.gz", str(artifact))
+    with tarfile.open(artifact) as tar:
+        assert json.load(tar.extractfile("compiled.meta"))["Backend"]["Name"] in ("treelite", "onnxruntime")
+    got = Model(artifact).run(x[:50])[0]
+    np.testing.assert_allclose(got.reshape(-1), booster.predict(xgboost.DMatrix(x[:50])), rtol=1e-5, atol=1e-6)
