@@ -84,3 +84,17 @@ def exactly_one(model_dir: Path, suffixes: tuple[str, ...], framework: str) -> P
         f"exactly one {kinds} file is allowed for {framework} models; the archive holds {len(files)}: {names}.",
         f"remove all but one {kinds} file from model.tar.gz.",
     )
+
+
+def checked_onnx_model(graph: onnx.GraphProto, opset: int = 17) -> onnx.ModelProto:
+    """A model around a graph a frontend built itself, at the IR version onnxruntime 1.31 loads (onnx 1.23's
+    helpers default to 14), checked: a graph that fails the checker is Kiln's bug, said so."""
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)],
+                                   producer_name="modelkiln")
+    model.ir_version = 10
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        raise CompilationError("convert", f"the converted ONNX graph does not check: {str(exc).splitlines()[0]}",
+                               "report this model to Kiln's maintainers.") from None
+    return model

@@ -20,12 +20,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from modelkiln.errors import CompilationError, ValidationError
-from modelkiln.frontends.base import ConvertedModel, Feeds, TensorSpec, exactly_one
+from modelkiln.frontends.base import ConvertedModel, Feeds, TensorSpec, checked_onnx_model, exactly_one
 from modelkiln.frontends.darknet_cfg import Section, Weights, read_cfg, read_weights
 from modelkiln.frontends.input_config import FIELD, parse_data_input_config
 
 OPSET = 17
-IR_VERSION = 10  # onnxruntime 1.31 loads IR <= 10
 BN_EPS = 1e-6  # darknet divides by sqrt(variance) + .000001f
 HEADS = ("yolo", "region")
 
@@ -360,11 +359,4 @@ def _onnx_model(g: _Builder, spec: TensorSpec, outputs: list[TensorSpec], name: 
     def info(t: TensorSpec) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(t.name, TensorProto.FLOAT, list(t.shape))
     graph = helper.make_graph(g.nodes, name, [info(spec)], [info(o) for o in outputs], initializer=g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="modelkiln")
-    model.ir_version = IR_VERSION
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as exc:
-        raise CompilationError("convert", f"the converted ONNX graph does not check: {str(exc).splitlines()[0]}",
-                               "report this model to Kiln's maintainers.") from None
-    return model
+    return checked_onnx_model(graph, OPSET)

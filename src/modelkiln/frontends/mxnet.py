@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from modelkiln.errors import CompilationError, ValidationError
-from modelkiln.frontends.base import ConvertedModel, Feeds, TensorSpec, find_model_files
+from modelkiln.frontends.base import ConvertedModel, Feeds, TensorSpec, checked_onnx_model, find_model_files
 from modelkiln.frontends.input_config import FIELD, parse_data_input_config
 from modelkiln.frontends.mxnet_params import (
     Node, Symbol, attr_bool, attr_float, attr_tuple, read_params, read_symbol,
@@ -25,7 +25,6 @@ from modelkiln.frontends.mxnet_params import (
 from modelkiln.frontends.mxnet_reference import BINARY_OPS, OPS, SCALAR_OPS, ShapeError, run_symbol
 
 OPSET = 17
-IR_VERSION = 10  # onnxruntime 1.31 loads IR <= 10
 LABEL_SLOTS = {"SoftmaxOutput": 1, "LinearRegressionOutput": 1, "LogisticRegressionOutput": 1}
 
 
@@ -381,14 +380,7 @@ def _onnx_model(g: _Builder, inputs: list[TensorSpec], outputs: list[TensorSpec]
     graph = helper.make_graph(g.nodes, source.removesuffix("-symbol.json"), [info(i) for i in inputs],
                               [info(o) for o in outputs],
                               initializer=[t for name, t in g.initializers.items() if name in used])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="modelkiln")
-    model.ir_version = IR_VERSION
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as exc:
-        raise CompilationError("convert", f"the converted ONNX graph does not check: {str(exc).splitlines()[0]}",
-                               "report this model to Kiln's maintainers.") from None
-    return model
+    return checked_onnx_model(graph, OPSET)
 
 
 def _shapes_text(inputs: list[TensorSpec]) -> str:
