@@ -216,3 +216,16 @@ def test_no_model_file_is_refused_at_fetch(tmp_path):
     with pytest.raises(CompilationError) as err:
         load(tmp_path, NCHW)
     assert err.value.stage == "fetch" and "model.onnx" in err.value.message
+
+
+def test_real_keras2_h5_written_by_tf_keras(tmp_path):
+    """A .h5 written by real Keras 2 (tf_keras 2.21, see fixtures/keras2/make_fixture.py), compiled with NCHW."""
+    fixture = Path(__file__).parent / "fixtures" / "keras2"
+    archive = tar_gz(tmp_path / "model.tar.gz", fixture / "keras2_cnn.h5")
+    report = compile_job(CompileJob(model=archive, framework="KERAS", output_dir=tmp_path / "out",
+                                    data_input_config='{"image": [1, 3, 16, 16]}', target_device="ml_c5",
+                                    compiler_options='{"kiln-backend": "onnxruntime"}'))
+    assert report.framework_version.startswith("2.")
+    x = np.load(fixture / "keras2_cnn_input.npy")  # NHWC, as Keras 2 was given it
+    got = Model(tmp_path / "out" / "model.tar.gz").run(x.transpose(0, 3, 1, 2))[0]
+    np.testing.assert_allclose(got, np.load(fixture / "keras2_cnn_output.npy"), rtol=1e-4, atol=1e-6)

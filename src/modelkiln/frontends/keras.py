@@ -85,9 +85,17 @@ def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None
 
 def _load_keras(path: Path):
     import keras
+
+    class Keras2DepthwiseConv2D(keras.layers.DepthwiseConv2D):
+        """Keras 2 wrote `groups` into DepthwiseConv2D's config (always 1); Keras 3 refuses the key."""
+
+        def __init__(self, *args: Any, groups: int = 1, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+
     try:
         with stderr_silenced():
-            return keras.models.load_model(str(path), compile=False)
+            return keras.models.load_model(str(path), compile=False,
+                                           custom_objects={"DepthwiseConv2D": Keras2DepthwiseConv2D})
     except Exception as exc:
         raise CompilationError(
             "convert", f"Keras {keras.__version__} cannot load {path.name}: {first_line(exc)}",
