@@ -93,6 +93,17 @@ def test_pinned_backend_on_x86(models, tmp_path):
     assert Model(tmp_path / "model.tar.gz").backend == "iree"
 
 
+def test_windows_x64_ships_os_independent_bytes_checked_here(models, tmp_path):
+    report = compile_cnn(models, tmp_path, target_device="x86_win64", compiler_options="{'kiln-backend': 'iree'}")
+    assert report.winner().check.status == "verified"  # the same bytes, on this Linux host
+    assert any("Windows x64" in note and "do not depend on the OS" in note for note in report.notes)
+    with tarfile.open(tmp_path / "model.tar.gz") as tar:
+        meta = json.load(tar.extractfile("compiled.meta"))
+    assert meta["Requirements"]["TargetDevice"] == "x86_win64"
+    x = np.random.default_rng(3).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    assert Model(tmp_path / "model.tar.gz").run(x)[0].shape == (1, 10)
+
+
 def test_iree_on_aarch64_honours_mcpu_and_runs_under_qemu(models, tmp_path):
     report = compile_cnn(models, tmp_path, target_device="rasp4b",
                          compiler_options='{"mcpu": "cortex-a53", "mattr": ["+crc"], "kiln-backend": "iree"}')

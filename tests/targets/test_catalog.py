@@ -164,7 +164,7 @@ def test_inferentia_is_refused_with_a_neuron_reason():
     assert "Neuron" in info.value.message
 
 
-@pytest.mark.parametrize("device", ["ml_p3", "ml_g4dn", "coreml", "x86_win64", "qcs605"])
+@pytest.mark.parametrize("device", ["ml_p3", "ml_g4dn", "coreml", "x86_win32", "qcs605"])
 def test_unsupported_devices_are_refused(device):
     with pytest.raises(ValidationError) as info:
         resolve(CompilerOptions(), device=device)
