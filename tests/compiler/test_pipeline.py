@@ -104,6 +104,16 @@ def test_windows_x64_ships_os_independent_bytes_checked_here(models, tmp_path):
     assert Model(tmp_path / "model.tar.gz").run(x)[0].shape == (1, 10)
 
 
+def test_android_arm64_is_built_for_the_android_triple_and_run_under_qemu(models, tmp_path):
+    report = compile_cnn(models, tmp_path, target_platform={"Os": "ANDROID", "Arch": "ARM64"},
+                         compiler_options='{"ANDROID_PLATFORM": 29}')
+    winner = report.winner()
+    assert winner.backend == "iree" and "--iree-llvmcpu-target-triple=aarch64-linux-android29" in winner.command
+    assert winner.check.status == "verified" and "qemu" in winner.check.ran_on  # the same bytes, Linux runtime
+    assert report.target["triple"] == "aarch64-linux-android29"
+    assert any("Android NDK" in note for note in report.notes)
+
+
 def test_iree_on_aarch64_honours_mcpu_and_runs_under_qemu(models, tmp_path):
     report = compile_cnn(models, tmp_path, target_device="rasp4b",
                          compiler_options='{"mcpu": "cortex-a53", "mattr": ["+crc"], "kiln-backend": "iree"}')

@@ -86,7 +86,11 @@ def test_every_target_mcpu_and_backends_are_known():
         cpus = catalog["arch"][target.arch]["cpus"]
         assert target.mcpu in cpus, f"{target.name}: mcpu {target.mcpu!r} not in {target.arch} cpus"
         assert target.features == tuple(cpus[target.mcpu])
-        assert target.triple == catalog["arch"][target.arch]["triple"]
+        arch_triple = catalog["arch"][target.arch]["triple"]
+        if target.os == "ANDROID":  # the Android triple of the same CPU
+            assert target.triple.split("-")[0] == arch_triple.split("-")[0] and "android" in target.triple
+        else:
+            assert target.triple == arch_triple
         assert target.backends, f"{target.name} has no backend"
         for backend in target.backends:
             assert backend in BACKENDS, f"{target.name}: backend {backend!r} is not registered"
@@ -164,7 +168,7 @@ def test_inferentia_is_refused_with_a_neuron_reason():
     assert "Neuron" in info.value.message
 
 
-@pytest.mark.parametrize("device", ["ml_p3", "ml_g4dn", "coreml", "x86_win32", "qcs605"])
+@pytest.mark.parametrize("device", ["ml_p3", "ml_g4dn", "coreml", "x86_win32", "ml_inf2"])
 def test_unsupported_devices_are_refused(device):
     with pytest.raises(ValidationError) as info:
         resolve(CompilerOptions(), device=device)
@@ -182,9 +186,25 @@ def test_unknown_device_is_refused():
     assert info.value.field == "OutputConfig.TargetDevice"
 
 
+@pytest.mark.parametrize("level, triple", [(None, "aarch64-linux-android21"), (29, "aarch64-linux-android29"),
+                                           ("26", "aarch64-linux-android26")])
+def test_android_triple_carries_the_api_level(level, triple):
+    options = CompilerOptions(recorded={} if level is None else {"ANDROID_PLATFORM": level})
+    target = resolve(options, platform_={"Os": "ANDROID", "Arch": "ARM64"})
+    assert (target.os, target.arch, target.triple) == ("ANDROID", "aarch64", triple)
+    assert resolve(options, device="qcs605").triple == triple
+
+
+@pytest.mark.parametrize("level", [19, 99, "latest", True])
+def test_android_api_level_out_of_range_is_refused(level):
+    with pytest.raises(ValidationError) as info:
+        resolve(CompilerOptions(recorded={"ANDROID_PLATFORM": level}), device="qcs605")
+    assert info.value.field == "OutputConfig.CompilerOptions.ANDROID_PLATFORM"
+
+
 def test_unsupported_platform_names_target_platform():
     with pytest.raises(ValidationError) as info:
-        resolve(CompilerOptions(), platform_={"Os": "ANDROID", "Arch": "ARM64"})
+        resolve(CompilerOptions(), platform_={"Os": "ANDROID", "Arch": "X86"})
     assert info.value.field == "OutputConfig.TargetPlatform"
     with pytest.raises(ValidationError) as info:
         resolve(CompilerOptions(), platform_={"Os": "LINUX", "Arch": "ARM64", "Accelerator": "NVIDIA"})

@@ -18,6 +18,8 @@ CATALOG_PATH = Path(__file__).with_name("catalog.toml")
 PLATFORM_ARCHES = ("X86_64", "X86", "ARM64", "ARM_EABI", "ARM_EABIHF")
 PLATFORM_OSES = ("LINUX", "ANDROID")
 PLATFORM_ACCELERATORS = ("INTEL_GRAPHICS", "MALI", "NVIDIA", "NNA")
+DEFAULT_ANDROID_API = 21  # the oldest API level Neo's docs list for ANDROID_PLATFORM; artifacts run on newer ones
+ANDROID_APIS = (21, 35)
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,20 @@ def apply_options(target: Target, options: CompilerOptions) -> Target:
             )
         backends = tree_backends = (options.backend,)
     return Target(**{**target.__dict__, "mcpu": mcpu, "features": features, "backends": backends,
-                     "tree_backends": tree_backends})
+                     "tree_backends": tree_backends, "triple": _triple(target, options)})
+
+
+def _triple(target: Target, options: CompilerOptions) -> str:
+    """Android triples carry the API level: CompilerOptions ANDROID_PLATFORM (Neo's), else the catalog's default."""
+    if target.os != "ANDROID":
+        return target.triple
+    level = options.recorded.get("ANDROID_PLATFORM", DEFAULT_ANDROID_API)
+    if isinstance(level, str) and level.isdigit():
+        level = int(level)
+    if not isinstance(level, int) or isinstance(level, bool) or not ANDROID_APIS[0] <= level <= ANDROID_APIS[1]:
+        raise ValidationError("OutputConfig.CompilerOptions.ANDROID_PLATFORM",
+                              f"{level!r} is not an Android API level from {ANDROID_APIS[0]} to {ANDROID_APIS[1]}")
+    return f"{target.triple}{level}"
 
 
 def _entry(name: str, table: dict, os: str = "LINUX") -> Target | Unsupported:
@@ -165,12 +180,12 @@ def _entry(name: str, table: dict, os: str = "LINUX") -> Target | Unsupported:
     return Target(
         name=name,
         arch=table["arch"],
-        triple=arch["triple"],
+        triple=table.get("triple", arch["triple"]),
         mcpu=table["mcpu"],
         features=tuple(arch["cpus"][table["mcpu"]]),
         backends=tuple(table.get("backends", arch["backends"])),
         tree_backends=tuple(table.get("tree_backends", arch.get("tree_backends", ()))),
-        os=os,
+        os=table.get("os", os),
         about=table.get("about", ""),
         note=table.get("note", ""),
     )
