@@ -114,6 +114,14 @@ def test_android_arm64_is_built_for_the_android_triple_and_run_under_qemu(models
     assert any("Android NDK" in note for note in report.notes)
 
 
+def test_android_x86_64_is_checked_natively(models, tmp_path):
+    x86 = compile_cnn(models, tmp_path / "x86", target_platform={"Os": "ANDROID", "Arch": "X86_64"})
+    assert {c.backend: c.status for c in x86.candidates}.keys() == {"iree", "onnxruntime"}
+    iree = next(c for c in x86.candidates if c.backend == "iree")
+    assert "--iree-llvmcpu-target-triple=x86_64-linux-android21" in iree.command
+    assert iree.check.status == "verified" and x86.winner().check.status == "verified"  # natively, same bytes
+
+
 def test_iree_on_aarch64_honours_mcpu_and_runs_under_qemu(models, tmp_path):
     report = compile_cnn(models, tmp_path, target_device="rasp4b",
                          compiler_options='{"mcpu": "cortex-a53", "mattr": ["+crc"], "kiln-backend": "iree"}')
