@@ -122,6 +122,16 @@ def test_android_x86_64_is_checked_natively(models, tmp_path):
     assert iree.check.status == "verified" and x86.winner().check.status == "verified"  # natively, same bytes
 
 
+@pytest.mark.parametrize("target", [{"target_device": "x86_win32"},
+                                    {"target_platform": {"Os": "LINUX", "Arch": "X86"}}])
+def test_i686_is_built_and_checked_by_a_host_twin(models, tmp_path, target):
+    report = compile_cnn(models, tmp_path, **target)
+    winner = report.winner()
+    assert winner.backend == "iree" and "--iree-llvmcpu-target-triple=i686-linux-gnu" in winner.command
+    assert winner.check.status == "not run on target arch"
+    assert "i686 module's kernels were checked to be x86 ELF32 code" in winner.check.detail
+
+
 def test_iree_on_aarch64_honours_mcpu_and_runs_under_qemu(models, tmp_path):
     report = compile_cnn(models, tmp_path, target_device="rasp4b",
                          compiler_options='{"mcpu": "cortex-a53", "mattr": ["+crc"], "kiln-backend": "iree"}')

@@ -81,7 +81,7 @@ def compare(outputs: list[np.ndarray], reference: list[np.ndarray], tolerance: f
 
 
 ELF_MACHINES = {3: "x86", 62: "x86_64", 40: "arm", 183: "aarch64"}
-KILN_ARCH_ELF = {"x86_64": ("x86_64", 2), "aarch64": ("aarch64", 2), "armv7": ("arm", 1)}
+KILN_ARCH_ELF = {"x86_64": ("x86_64", 2), "aarch64": ("aarch64", 2), "armv7": ("arm", 1), "i686": ("x86", 1)}
 
 
 def embedded_elf_arches(data: bytes) -> set[tuple[str, int]]:

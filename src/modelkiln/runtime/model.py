@@ -13,7 +13,8 @@ import numpy as np
 from modelkiln.runtime.executors import open_executor
 
 META = "compiled.meta"
-_ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "armv7l": "armv7", "armv8l": "armv7"}
+_ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "armv7l": "armv7", "armv8l": "armv7",
+                 "i386": "i686", "i586": "i686", "x86": "i686"}
 
 
 class ArtifactError(ValueError):

@@ -18,6 +18,7 @@ CATALOG_PATH = Path(__file__).with_name("catalog.toml")
 PLATFORM_ARCHES = ("X86_64", "X86", "ARM64", "ARM_EABI", "ARM_EABIHF")
 PLATFORM_OSES = ("LINUX", "ANDROID")
 PLATFORM_ACCELERATORS = ("INTEL_GRAPHICS", "MALI", "NVIDIA", "NNA")
+X86_ARCHES = ("x86_64", "i686")  # features come from mcpu: LLVM derives them
 DEFAULT_ANDROID_API = 21  # the oldest API level Neo's docs list for ANDROID_PLATFORM; artifacts run on newer ones
 ANDROID_APIS = (21, 35)
 
@@ -45,7 +46,7 @@ class Target:
     @property
     def mattr(self) -> tuple[str, ...]:
         """LLVM features to pass to code generators (x86 derives them from mcpu)."""
-        return () if self.arch == "x86_64" else self.features
+        return () if self.arch in X86_ARCHES else self.features
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def apply_options(target: Target, options: CompilerOptions) -> Target:
             )
         mcpu, features = options.mcpu, tuple(cpus[options.mcpu])
     if options.mattr:
-        if target.arch == "x86_64":
+        if target.arch in X86_ARCHES:
             raise ValidationError(
                 "OutputConfig.CompilerOptions.mattr",
                 "x86 features come from mcpu (e.g. skylake-avx512); mattr applies to ARM targets",
