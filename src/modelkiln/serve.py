@@ -21,6 +21,10 @@ def serve(settings: Settings) -> None:
     from modelkiln.jobs.store import JobStore
     from modelkiln.storage import open_store
 
+    # LocalCluster's worker processes leave semaphores for multiprocessing's resource tracker to reap at shutdown;
+    # it does, and says so with a UserWarning that is no use to an operator.
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
+                                                         "ignore:resource_tracker:UserWarning"]))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in ("alembic", "distributed"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
