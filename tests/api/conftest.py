@@ -26,6 +26,14 @@ class S3Server:
 
 
 @pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`kiln serve` on the embedded defaults, one per test module, stopped at the module's end."""
+    kiln = KilnServer(tmp_path_factory.mktemp("kiln")).start()
+    yield kiln
+    kiln.stop()
+
+
+@pytest.fixture(scope="module")
 def s3_server(tmp_path_factory):
     """`kiln serve --workers 1` on a free port with two accounts; stopped (SIGTERM, then SIGKILL) at the end."""
     kiln = KilnServer(tmp_path_factory.mktemp("kiln-s3"), args=["--workers", "1"])

@@ -16,13 +16,6 @@ AWS = str(Path(sys.executable).with_name("aws"))
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    kiln = KilnServer(tmp_path_factory.mktemp("kiln-clients")).start()
-    yield kiln
-    kiln.stop()
-
-
-@pytest.fixture(scope="module")
 def account(server) -> Account:
     return server.create_account()
 

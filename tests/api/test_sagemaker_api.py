@@ -16,16 +16,9 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from modelkiln.runtime import Model
-from tests.api.kiln_server import KILN, KilnServer, job_request, wait_for_job
+from tests.api.kiln_server import KILN, job_request, wait_for_job
 
 BUCKET = "kiln-tests"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    kiln = KilnServer(tmp_path_factory.mktemp("kiln-api")).start()
-    yield kiln
-    kiln.stop()
 
 
 @pytest.fixture(scope="module")
