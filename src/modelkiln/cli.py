@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--random", action="store_true", help="run on random inputs of the declared shapes")
     r.add_argument("--output-dir", type=Path, help="save outputs there as <output name>.npy")
     r.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    r.add_argument("--device", default="cpu", help="device type the artifact must be built for (default: cpu)")
+    r.add_argument("--device", default="cpu", help="the artifact's TargetDeviceType: cpu (default), gpu (CUDA), vulkan, opencl")
     r.add_argument("--emulate", action="store_true",
                    help="run an artifact built for another CPU (aarch64 IREE) under qemu-user")
     r.set_defaults(func=_run)

@@ -91,6 +91,9 @@ def test_every_target_mcpu_and_backends_are_known():
             assert target.triple.split("-")[0] == arch_triple.split("-")[0] and "android" in target.triple
         else:
             assert target.triple == arch_triple
+        if target.device_type == "coreml":  # coremltools converts the source model: no ONNX backend applies
+            assert target.backends == ()
+            continue
         assert target.backends, f"{target.name} has no backend"
         for backend in target.backends:
             assert backend in BACKENDS, f"{target.name}: backend {backend!r} is not registered"
@@ -121,7 +124,7 @@ def test_promised_devices_resolve_to_their_arch(device, arch):
     else:
         assert "+neon" in target.mattr
         assert target.mattr == target.features
-    if arch == "armv7":
+    if arch == "armv7" and target.gpu is None:
         assert target.backends == ("iree",)
 
 
@@ -168,7 +171,7 @@ def test_inferentia_is_refused_with_a_neuron_reason():
     assert "Neuron" in info.value.message
 
 
-@pytest.mark.parametrize("device", ["ml_p3", "ml_g4dn", "coreml", "ml_eia2", "ml_inf2"])
+@pytest.mark.parametrize("device", ["ml_eia2", "ml_inf2", "ml_trn1"])
 def test_unsupported_devices_are_refused(device):
     with pytest.raises(ValidationError) as info:
         resolve(CompilerOptions(), device=device)
@@ -207,7 +210,7 @@ def test_unsupported_platform_names_target_platform():
         resolve(CompilerOptions(), platform_={"Os": "ANDROID", "Arch": "X86"})
     assert info.value.field == "OutputConfig.TargetPlatform"
     with pytest.raises(ValidationError) as info:
-        resolve(CompilerOptions(), platform_={"Os": "LINUX", "Arch": "ARM64", "Accelerator": "NVIDIA"})
+        resolve(CompilerOptions(), platform_={"Os": "ANDROID", "Arch": "ARM64", "Accelerator": "NVIDIA"})
     assert info.value.field == "OutputConfig.TargetPlatform"
 
 

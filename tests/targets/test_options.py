@@ -139,7 +139,7 @@ def test_kiln_backend(backend):
     assert parse_compiler_options('{"kiln-backend": "%s"}' % backend).backend == backend
 
 
-@pytest.mark.parametrize("value", ['"tvm"', '"ONNXRUNTIME"', "null", '["iree"]'])
+@pytest.mark.parametrize("value", ['"tensorrt"', '"ONNXRUNTIME"', "null", '["iree"]'])
 def test_bad_kiln_backend(value):
     assert _error('{"kiln-backend": %s}' % value).field == "OutputConfig.CompilerOptions.kiln-backend"
 

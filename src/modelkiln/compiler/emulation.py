@@ -12,6 +12,7 @@ KILN_CROSS_DIR overrides the location of the unpacked runtimes.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -81,12 +82,12 @@ def run_iree(emulator: Emulator, module: Path, entry: str, inputs: list[np.ndarr
 PYTHON_ROOTS = {"aarch64": ("qemu-aarch64-static", "usr/bin/python3.11")}
 PYTHON_VERSION = "3.11"
 
-# Runs inside the emulated Python: argv = site, kiln (a copy of modelkiln.runtime), work folder,
+# Runs in a child Python (emulated, or this host's): argv = site, kiln (a copy of modelkiln.runtime), work folder,
 # artifact folder. Inputs in0.npy... and meta.json in the work folder; writes out0.npy... and n_out.
 _RUNNER = """\
 import json, sys
 site, kiln, work, artifact = sys.argv[1:5]
-sys.path[:0] = [site, kiln]
+sys.path[:0] = [p for p in (site, kiln) if p]
 from pathlib import Path
 import numpy as np
 from modelkiln.runtime.executors import open_executor
@@ -152,8 +153,36 @@ def find_python_emulator(arch: str, requirement: str) -> PythonEmulator | str:
 def run_runtime(emulator: PythonEmulator, artifact_dir: Path, meta: dict, inputs: list[np.ndarray]) -> list[np.ndarray]:
     """Load the artifact in artifact_dir (its files as compiled.meta `meta` names them) with Kiln's
     runtime in the emulated Python, run it once on inputs; numpy in, numpy out."""
+    # A clean environment: the host's LD_*, QEMU_* and PYTHON* settings must not reach the guest.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
+           "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+    return _run_child([emulator.qemu, "-L", str(emulator.root), str(emulator.python), "-S"], str(emulator.site),
+                      env, artifact_dir, meta, inputs, f"{emulator.backend} in {emulator.arch} Python under qemu-user")
+
+
+def run_isolated(artifact_dir: Path, meta: dict, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Run the artifact once in a child Python of this host: GPU drivers (lavapipe, CUDA) load their own
+    libraries (lavapipe its LLVM), and a crash there must fail one candidate, not the compile."""
+    return _run_child([sys.executable], "", dict(os.environ), artifact_dir, meta, inputs,
+                      f"the {meta['Backend']['Name']} runtime on {meta['Backend'].get('Device', 'cpu')}")
+
+
+@functools.cache
+def device_in_child(runtime: str, driver: str) -> str | None:
+    """The first `driver` device (cuda, vulkan, opencl) that the Kiln runtime module `runtime` (run_iree, run_tvm)
+    finds, asked in a child Python so that no GPU driver is loaded into this process; None when there is none."""
+    code = f"from modelkiln.runtime.{runtime} import device_name; print(device_name({driver!r}) or '')"
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return None
+    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
+
+
+def _run_child(python: list[str], site: str, env: dict[str, str], artifact_dir: Path, meta: dict,
+               inputs: list[np.ndarray], what: str) -> list[np.ndarray]:
     package = Path(__file__).resolve().parents[1]  # src/modelkiln
-    with tempfile.TemporaryDirectory(prefix="kiln-emu-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="kiln-run-") as tmp:
         work, kiln = Path(tmp, "io"), Path(tmp, "kiln")
         work.mkdir()
         # Only modelkiln.runtime goes in: it must run on a device that has nothing else of Kiln.
@@ -163,12 +192,8 @@ def run_runtime(emulator: PythonEmulator, artifact_dir: Path, meta: dict, inputs
         (work / "meta.json").write_text(json.dumps(meta))
         for i, array in enumerate(inputs):
             np.save(work / f"in{i}.npy", array)
-        args = [emulator.qemu, "-L", str(emulator.root), str(emulator.python), "-I", "-S", "-B", "-c", _RUNNER,
-                str(emulator.site), str(kiln), str(work), str(Path(artifact_dir).resolve())]
-        # A clean environment: the host's LD_*, QEMU_* and PYTHON* settings must not reach the guest.
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8",
-               "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
-        what = f"{emulator.backend} in {emulator.arch} Python under qemu-user"
+        args = [*python, "-I", "-B", "-c", _RUNNER, site, str(kiln), str(work), str(Path(artifact_dir).resolve())]
+        env = {**env, "HOME": tmp, "TMPDIR": tmp}
         try:
             proc = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=tmp)
         except subprocess.TimeoutExpired:

@@ -1,10 +1,11 @@
 """The support matrix (frameworks x targets), generated from the catalog for `kiln targets` and the README."""
 from __future__ import annotations
 
+from modelkiln.compiler.coreml import FRAMEWORKS as COREML_FRAMEWORKS
 from modelkiln.compiler.emulation import QEMU
 from modelkiln.frontends import ALL_FRAMEWORKS, FRONTENDS
 from modelkiln.targets.catalog import (
-    PLATFORM_ACCELERATORS, PLATFORM_ARCHES, PLATFORM_OSES, Unsupported, device_names, entry_for_device,
+    PLATFORM_ACCELERATORS, PLATFORM_ARCHES, PLATFORM_OSES, Target, Unsupported, device_names, entry_for_device,
     entry_for_platform,
 )
 
@@ -12,13 +13,39 @@ SHORT = {"TENSORFLOW": "TF", "KERAS": "Keras", "MXNET": "MXNet", "ONNX": "ONNX",
          "XGBOOST": "XGB", "TFLITE": "TFLite", "DARKNET": "Darknet", "SKLEARN": "sklearn"}
 
 
-def check_method(arch: str) -> str:
-    """How Kiln checks artifacts for this architecture on an x86-64 build host."""
-    if arch == "x86_64":
+GPU_CHECKS = {
+    "cuda": "GPU where one is present; else not run: PTX assembled by ptxas + host-twin build checked",
+    "vulkan": "lavapipe: the artifact runs on Mesa's Vulkan driver on the CPU",
+    "opencl": "not run: kernels built by PoCL + host-twin build checked",
+}
+
+
+def check_method(target: Target) -> str:
+    """How Kiln checks artifacts for this target on an x86-64 build host."""
+    if target.device_type == "coreml":
+        return "not run (Core ML needs macOS): the package's spec is checked against the request"
+    if target.gpu:
+        return GPU_CHECKS[target.gpu.api]
+    if target.arch == "x86_64":
         return "native: every backend verified and timed"
-    if arch in QEMU:
+    if target.arch in QEMU:
         return "qemu-user: each candidate run with its own aarch64 runtime"
     return "not run on target: host-twin build checked"
+
+
+def runs_on(target: Target) -> str:
+    if target.device_type == "coreml":
+        return "Apple devices (Core ML ML Program)"
+    host = f"{target.arch} {target.mcpu}"
+    return f"{target.gpu.api} {target.gpu.code or '(gpu-code)'}, {host} host" if target.gpu else host
+
+
+def frameworks(target: Target) -> list[str]:
+    """The frameworks a target takes: GPU targets take no tree ensembles (Treelite and ONNX-ML are CPU code)."""
+    if target.device_type == "coreml":
+        return list(COREML_FRAMEWORKS)
+    trees = ("XGBOOST", "SKLEARN")
+    return [f for f in FRONTENDS if not (target.gpu and f in trees)]
 
 
 def rows() -> list[tuple[str, object]]:
@@ -33,16 +60,17 @@ def rows() -> list[tuple[str, object]]:
 
 
 def render_markdown() -> str:
-    head = ["Target", "CPU", "Backends (preference)", "Checked by", *(SHORT[f] for f in ALL_FRAMEWORKS)]
+    head = ["Target", "Runs on", "Backends (preference)", "Checked by", *(SHORT[f] for f in ALL_FRAMEWORKS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, entry in rows():
         if isinstance(entry, Unsupported):
             cells = [f"`{name}`", "—", "unsupported", entry.reason.replace("|", "/"), *("" for _ in ALL_FRAMEWORKS)]
         else:
-            cpu = f"{entry.arch} {entry.mcpu}"
-            order = ", ".join(entry.backends) + (f"; trees: {', '.join(entry.tree_backends)}" if entry.tree_backends else "")
-            cells = [f"`{name}`", cpu, order, check_method(entry.arch),
-                     *("✓" if f in FRONTENDS else "" for f in ALL_FRAMEWORKS)]
+            order = ", ".join(entry.backends or ["coremltools"]) + (
+                f"; trees: {', '.join(entry.tree_backends)}" if entry.tree_backends else "")
+            takes = frameworks(entry)
+            cells = [f"`{name}`", runs_on(entry), order, check_method(entry),
+                     *("✓" if f in takes else "" for f in ALL_FRAMEWORKS)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -53,7 +81,6 @@ def render_text() -> str:
         if isinstance(entry, Unsupported):
             lines.append(f"{name:<28} unsupported: {entry.reason}")
         else:
-            lines.append(f"{name:<28} {entry.arch:<7} {entry.mcpu:<15} {', '.join(entry.backends):<30} "
-                         f"{check_method(entry.arch)}")
+            lines.append(f"{name:<28} {runs_on(entry):<40} {', '.join(entry.backends or ['coremltools']):<30} {check_method(entry)}")
     lines.append("Frameworks: " + ", ".join(FRONTENDS) + " (others: not yet)")
     return "\n".join(lines)

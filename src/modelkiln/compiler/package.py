@@ -20,10 +20,13 @@ ARTIFACT = "model.tar.gz"
 def build_meta(target: Target, model: ConvertedModel, backend: Backend, output: BackendOutput,
                options: CompilerOptions) -> dict:
     """compiled.meta: what the runtime needs to check the device and run the files (DLR's keys + Kiln's)."""
-    requirements = {"TargetDevice": target.name, "TargetDeviceType": target.device_type, "Os": target.os,
-                    "Arch": target.arch, "Mcpu": target.mcpu}
-    if not backend.portable and target.arch == "x86_64":
-        requirements["CpuFlags"] = list(target.features)
+    requirements = {"TargetDevice": target.name, "TargetDeviceType": target.device_type, "Os": target.os}
+    if target.gpu:
+        requirements["Gpu"] = {"Api": target.gpu.api, "Code": target.gpu.code, "PtxIsa": target.gpu.ptx_isa}
+    if not output.host_independent:
+        requirements |= {"Arch": target.arch, "Mcpu": target.mcpu}
+        if not backend.portable and target.arch == "x86_64":
+            requirements["CpuFlags"] = list(target.features)
     return {
         "Requirements": requirements,
         "Model": {"Inputs": [i.as_meta() for i in model.inputs], "Outputs": [o.as_meta() for o in model.outputs]},

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from modelkiln import __version__
-from modelkiln.compiler import emulation
+from modelkiln.compiler import coreml, emulation
 from modelkiln.compiler.archive import extract_model
-from modelkiln.compiler.backends import BACKENDS, Backend, BackendOutput
+from modelkiln.compiler.backends import BACKENDS, Backend, BackendOutput, GpuBackend
 from modelkiln.compiler.package import build_meta, write_artifact
 from modelkiln.compiler.report import Candidate, Report
 from modelkiln.compiler.verify import (
@@ -34,6 +34,7 @@ from modelkiln.frontends import ConvertedModel, check_framework, check_framework
 from modelkiln.runtime.executors import Executor, open_executor
 from modelkiln.runtime.model import host_arch
 from modelkiln.targets import CompilerOptions, Target, parse_compiler_options, resolve
+from modelkiln.targets.catalog import gpu_codes
 
 Progress = Callable[[str, str], None]  # (stage, message)
 
@@ -77,6 +78,8 @@ def compile_job(job: CompileJob, progress: Progress = lambda stage, msg: None) -
     """Run the whole pipeline; write output_dir/model.tar.gz and output_dir/report.json."""
     target, options = validate(job)
     stages: dict[str, float] = {}
+    if target.device_type == "coreml":
+        return _compile_coreml(job, target, options, stages, progress)
     with tempfile.TemporaryDirectory(prefix="kiln-") as tmp:
         work = Path(tmp)
         with _stage("fetch", stages, progress, f"unpacking {job.model.name}"):
@@ -89,6 +92,10 @@ def compile_job(job: CompileJob, progress: Progress = lambda stage, msg: None) -
         native = host_can_run(target)
         ctx = _Context(target, options, model, feeds, expected, native, progress)
         order = target.backends_for(trees=model.tree_model is not None)
+        if not order:
+            raise CompilationError("compile", f"{target.name} runs models on its GPU, and tree ensembles "
+                                   f"({model.framework}) are compiled for CPUs only",
+                                   "compile for the device's CPU: a TargetPlatform without Accelerator.")
         candidates = [Candidate(name, BACKENDS[name].version()) for name in order]
         with _stage("compile", stages, progress, f"{len(candidates)} candidate(s) for {target.name}"):
             for cand in candidates:
@@ -105,13 +112,55 @@ def compile_job(job: CompileJob, progress: Progress = lambda stage, msg: None) -
                     "mattr": list(target.mattr), "device_type": target.device_type, "about": target.about},
             inputs=[i.as_meta() for i in model.inputs], outputs=[o.as_meta() for o in model.outputs],
             candidates=candidates, selected=winner.backend, selection=how, converters=model.converters,
-            notes=[n for n in (target.note, *model.notes, _version_note(job, model)) if n], stages_s=stages,
+            notes=[n for n in (target.note, *model.notes, _version_note(job, model.framework_version)) if n], stages_s=stages,
             kiln_version=__version__,
         )
         with _stage("package", stages, progress, f"writing {job.output_dir / 'model.tar.gz'}"):
             meta = json.loads((work / winner.backend / "compiled.meta").read_text())
             artifact, digest = write_artifact(work / winner.backend, meta["Backend"]["Files"], meta,
                                               report.to_json(), job.output_dir)
+        report.artifact, report.artifact_sha256 = str(artifact), digest
+        (job.output_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2))
+    return report
+
+
+def _compile_coreml(job: CompileJob, target: Target, options: CompilerOptions, stages: dict[str, float],
+                    progress: Progress) -> Report:
+    """Core ML: coremltools converts the source model itself (not the ONNX form), and prediction needs macOS,
+    so the package's spec is checked against the request and the report says numerics were not run."""
+    labels = options.recorded.get("class_labels")
+    with tempfile.TemporaryDirectory(prefix="kiln-") as tmp:
+        work = Path(tmp)
+        with _stage("fetch", stages, progress, f"unpacking {job.model.name}"):
+            model_dir = extract_model(job.model, work / "model")
+        with _stage("convert", stages, progress, f"converting the {job.framework} model with coremltools"):
+            inputs = coreml.parse_inputs(job.data_input_config, job.framework)
+            result = coreml.convert(model_dir, job.framework, inputs, labels, work / "out")
+        with _stage("verify", stages, progress, "checking the Core ML package's spec"):
+            checked = coreml.validate(work / "out", result, inputs, labels)
+        version = result.converters.get("coremltools", "")
+        size = sum(f.stat().st_size for f in (work / "out").rglob("*") if f.is_file())
+        cand = Candidate("coremltools", version, status="selected", compile_s=result.seconds, size_bytes=size,
+                         check=Check("not run: needs macOS", "spec check on this host", TOLERANCE[options.precision],
+                                     detail=checked), command=result.command, notes=result.notes)
+        report = Report(
+            framework=job.framework, framework_version=result.framework_version,
+            target={"name": target.name, "arch": target.arch, "triple": "", "mcpu": target.mcpu, "mattr": [],
+                    "device_type": target.device_type, "about": target.about},
+            inputs=result.inputs, outputs=result.outputs, candidates=[cand], selected=cand.backend,
+            selection="the only route to Core ML", converters=result.converters, stages_s=stages,
+            notes=[n for n in (target.note, _version_note(job, result.framework_version)) if n],
+            kiln_version=__version__,
+        )
+        meta = {"Requirements": {"TargetDevice": target.name, "TargetDeviceType": "coreml", "Os": target.os},
+                "Model": {"Inputs": result.inputs, "Outputs": result.outputs},
+                "Backend": {"Name": "coremltools", "Version": version, "Files": result.files,
+                            "Runtime": "Core ML (iOS 15 / macOS 12 or newer)"},
+                "Source": {"Framework": job.framework, "FrameworkVersion": result.framework_version,
+                           "Converters": result.converters},
+                "Kiln": {"Version": __version__}}
+        with _stage("package", stages, progress, f"writing {job.output_dir / 'model.tar.gz'}"):
+            artifact, digest = write_artifact(work / "out", result.files, meta, report.to_json(), job.output_dir)
         report.artifact, report.artifact_sha256 = str(artifact), digest
         (job.output_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2))
     return report
@@ -148,6 +197,8 @@ def _try_candidate(ctx: _Context, cand: Candidate, workdir: Path) -> None:
                                  f"host ({host_arch()})")
             if cand.check.passed:
                 ctx.executors[cand.backend] = executor
+        elif ctx.target.gpu:
+            cand.check = _verify_gpu(ctx, backend, output, meta, workdir)
         else:
             cand.check = _verify_foreign(ctx, backend, output, meta, workdir)
     except Exception as exc:  # a crash in one candidate's runtime must not end the job
@@ -192,16 +243,49 @@ def _verify_foreign(ctx: _Context, backend: Backend, output: BackendOutput, meta
     return _host_twin_check(ctx, backend, workdir / output.files[0], emulator)
 
 
-def _host_twin_check(ctx: _Context, backend: Backend, module: Path, why_not: str) -> Check:
-    """For code no runtime here can execute: compile the same input for this host with the same
-    backend and options, and check that build instead. The target's module itself is not run."""
-    twin = resolve(dataclasses.replace(ctx.options, mcpu="x86-64", mattr=()),
+def _verify_gpu(ctx: _Context, backend: GpuBackend, output: BackendOutput, meta: dict, workdir: Path) -> Check:
+    """Run GPU code on a device of its API when this machine has one (Mesa's lavapipe runs Vulkan on the
+    CPU); else check its device code statically and run a host twin."""
+    gpu = ctx.target.gpu
+    assert gpu is not None
+    device = backend.gpu_device(gpu.api)
+    if device:
+        outputs = emulation.run_isolated(workdir, meta, _ordered(ctx))
+        check = compare(outputs, ctx.expected, TOLERANCE[ctx.options.precision], f"{gpu.api} device: {device}")
+        others = [c for c in gpu_codes(gpu.api) if c != gpu.code]
+        if check.status == "mismatch" and not check.detail and others:
+            check.detail = (f"max rel err {check.max_rel_err:.2e} > tolerance {check.tolerance:.0e} on {device} with "
+                            f"the {gpu.code} code; another GPU code may compute it right: CompilerOptions gpu-code "
+                            + " or ".join(repr(c) for c in others))
+        return check
+    try:
+        static = backend.static_check(workdir, output, ctx.target)
+    except CompilationError as exc:
+        return Check("mismatch", "static check", TOLERANCE[ctx.options.precision], detail=exc.message)
+    check = _twin_check(ctx, backend)
+    if check.status != "verified":
+        return check
+    return dataclasses.replace(
+        check, status="not run on a GPU",
+        detail=f"no {gpu.api} device on this machine; checked instead: the same model compiled by {backend.name} "
+        f"for this host's CPU ran within tolerance, and the device code: {static}")
+
+
+def _twin_check(ctx: _Context, backend: Backend) -> Check:
+    """Compile the same input for this host's CPU with the same backend and options, and run that build."""
+    twin = resolve(dataclasses.replace(ctx.options, mcpu="x86-64", mattr=(), recorded={}),
                    platform_={"Os": "LINUX", "Arch": "X86_64"})
     with tempfile.TemporaryDirectory(prefix="kiln-twin-") as tmp:
         out = backend.compile(_form(backend, ctx.model), twin, ctx.options, Path(tmp))
         meta = build_meta(twin, ctx.model, backend, out, ctx.options)
-        check = compare(open_executor(Path(tmp), meta).run(_ordered(ctx)), ctx.expected,
-                        TOLERANCE[ctx.options.precision], f"host twin ({host_arch()})")
+        return compare(open_executor(Path(tmp), meta).run(_ordered(ctx)), ctx.expected,
+                       TOLERANCE[ctx.options.precision], f"host twin ({host_arch()})")
+
+
+def _host_twin_check(ctx: _Context, backend: Backend, module: Path, why_not: str) -> Check:
+    """For CPU code no runtime here can execute: check a host twin instead, and that the target's module
+    holds kernels for the target's CPU. The target's module itself is not run."""
+    check = _twin_check(ctx, backend)
     machine, elf_class = KILN_ARCH_ELF[ctx.target.arch]
     kernels = embedded_elf_arches(module.read_bytes())
     if kernels != {(machine, elf_class)}:
@@ -239,9 +323,9 @@ def _select(candidates: list[Candidate], ctx: _Context) -> tuple[Candidate, str]
     return winner, how
 
 
-def _version_note(job: CompileJob, model: ConvertedModel) -> str:
+def _version_note(job: CompileJob, found: str | None) -> str:
     """Say so when the FrameworkVersion asked for and the version the files record differ."""
-    asked, found = job.framework_version, model.framework_version
+    asked = job.framework_version
     if asked and found and not found.startswith(asked) and not asked.startswith(found):
         return f"FrameworkVersion {asked} was given, but the model files say they were written by {found}."
     return ""

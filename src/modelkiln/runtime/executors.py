@@ -13,6 +13,7 @@ EXECUTORS = {
     "onnxruntime": "modelkiln.runtime.run_onnxruntime",
     "openvino": "modelkiln.runtime.run_openvino",
     "treelite": "modelkiln.runtime.run_treelite",
+    "tvm": "modelkiln.runtime.run_tvm",
 }
 
 

@@ -129,6 +129,9 @@ def host_arch() -> str:
 def check_requirements(requirements: dict, device: str) -> None:
     """Refuse an artifact built for another device type, architecture or CPU, naming both."""
     wanted = requirements.get("TargetDeviceType", "cpu")
+    if wanted == "coreml":
+        raise ArtifactError("this artifact is a Core ML package (model.mlpackage): load it with Core ML on an Apple "
+                            "device, or with coremltools on macOS; Kiln's runtime does not run it.")
     if wanted != device:
         raise ArtifactError(f'Compiled model requires device type "{wanted}" but user gave "{device}".')
     arch, target = requirements.get("Arch"), requirements.get("TargetDevice", "?")

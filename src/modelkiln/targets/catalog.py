@@ -24,6 +24,20 @@ ANDROID_APIS = (21, 35)
 
 
 @dataclass(frozen=True)
+class Gpu:
+    """The GPU a target's model runs on; the Target's arch/mcpu is then its host CPU."""
+
+    api: str  # cuda | vulkan | opencl
+    code: str  # cuda: "sm_72"; vulkan: IREE's target profile; opencl: "mali-t860"
+    ptx_isa: str | None = None  # cuda: the newest PTX ISA the user's cuda-ver loads; None: the backend's default
+
+    @property
+    def sm(self) -> int:
+        """CUDA compute capability as a number: sm_72 -> 72."""
+        return int(self.code.removeprefix("sm_"))
+
+
+@dataclass(frozen=True)
 class Target:
     """A concrete target: what to generate code for, and which backends may do it, best first."""
 
@@ -34,7 +48,8 @@ class Target:
     features: tuple[str, ...]  # ARM: LLVM mattr; x86: host cpu flags needed to run the code
     backends: tuple[str, ...]
     tree_backends: tuple[str, ...] = ()  # the order for tree ensembles (a Treelite form)
-    device_type: str = "cpu"
+    device_type: str = "cpu"  # compiled.meta TargetDeviceType: cpu | gpu (CUDA) | vulkan | opencl | coreml
+    gpu: Gpu | None = None
     os: str = "LINUX"
     about: str = ""
     note: str = ""
@@ -64,6 +79,11 @@ def load_catalog() -> dict:
         return tomllib.load(f)
 
 
+def gpu_codes(api: str) -> list[str]:
+    """The GPU codes (CompilerOptions gpu-code) Kiln builds for with a GPU API, in the catalog's order."""
+    return list(load_catalog()["gpu"][api]["codes"])
+
+
 def device_names() -> list[str]:
     return sorted(load_catalog()["devices"])
 
@@ -90,9 +110,20 @@ def entry_for_platform(os: str, arch: str, accelerator: str | None = None) -> Ta
     name = f"{os}/{arch}" + (f"/{accelerator}" if accelerator else "")
     if name in platforms:
         return _entry(name, platforms[name], os=os)
+    host = platforms[f"{os}/{arch}"]
     if accelerator:
-        return _entry(name, catalog["accelerators"][accelerator], os=os)
-    return _entry(name, platforms[f"{os}/{arch}"], os=os)
+        if "unsupported" in host:
+            return Unsupported(name, host["unsupported"])
+        accel = catalog["accelerators"][accelerator]
+        if "unsupported" in accel:
+            return Unsupported(name, accel["unsupported"])
+        if host["arch"] not in accel["hosts"]:
+            return Unsupported(name, accel["other_hosts"])
+        # The host's CPU (arch, mcpu, os, triple); its backends and note are for CPU code, not the GPU's.
+        cpu = {k: v for k, v in host.items() if k in ("arch", "mcpu", "os", "triple")}
+        gpu = {k: v for k, v in accel.items() if k in ("gpu",)}
+        return _entry(name, {**cpu, **gpu, "about": f"{accel['about']}, {host.get('about', name)} host"}, os=os)
+    return _entry(name, host, os=os)
 
 
 class UnsupportedTarget(ValidationError):
@@ -158,7 +189,56 @@ def apply_options(target: Target, options: CompilerOptions) -> Target:
             )
         backends = tree_backends = (options.backend,)
     return Target(**{**target.__dict__, "mcpu": mcpu, "features": features, "backends": backends,
-                     "tree_backends": tree_backends, "triple": _triple(target, options)})
+                     "tree_backends": tree_backends, "triple": _triple(target, options),
+                     "gpu": _gpu(target, options), "note": _gpu_note(target, options)})
+
+
+def _gpu(target: Target, options: CompilerOptions) -> Gpu | None:
+    """The GPU with Neo's gpu-code and cuda-ver applied; either on a CPU target is an error, not ignored."""
+    code, cuda_ver = options.recorded.get("gpu-code"), options.recorded.get("cuda-ver")
+    prefix = "OutputConfig.CompilerOptions"
+    if target.gpu is None:
+        for key, value in (("gpu-code", code), ("cuda-ver", cuda_ver)):
+            if value is not None:
+                raise ValidationError(f"{prefix}.{key}", f"applies to GPU targets; {target.name} is a CPU target")
+        return None
+    table = load_catalog()["gpu"][target.gpu.api]
+    if code is not None and code not in table["codes"]:
+        raise ValidationError(f"{prefix}.gpu-code", f"{code!r} is not a {target.gpu.api} GPU code Kiln builds for; "
+                                                    f"known: {', '.join(table['codes'])}")
+    if code is None and not target.gpu.code:
+        raise ValidationError(f"{prefix}.gpu-code", f"is required for {target.name}: name the GPU architecture, "
+                                                    "e.g. {\"gpu-code\": \"sm_72\"}")
+    ptx_isa = None
+    if cuda_ver is not None:
+        if target.gpu.api != "cuda":
+            raise ValidationError(f"{prefix}.cuda-ver", f"applies to NVIDIA targets; {target.name} is {target.gpu.api}")
+        versions = table["ptx_isa"]
+        if str(cuda_ver) not in versions:
+            raise ValidationError(f"{prefix}.cuda-ver", f"{cuda_ver!r} is not a CUDA release Kiln knows; "
+                                                        f"known: {', '.join(versions)}")
+        ptx_isa = versions[str(cuda_ver)]
+        code = code or target.gpu.code
+        needed = table["min_ptx_isa"][code]
+        if _version(ptx_isa) < _version(needed):
+            raise ValidationError(f"{prefix}.cuda-ver", f"CUDA {cuda_ver} loads PTX up to ISA {ptx_isa}, but {code} "
+                                                        f"code needs PTX {needed}: raise cuda-ver or pick an older gpu-code")
+    return Gpu(target.gpu.api, code or target.gpu.code, ptx_isa)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def _gpu_note(target: Target, options: CompilerOptions) -> str:
+    """Neo's trt-ver is recorded; say plainly that TensorRT is not part of the artifact."""
+    trt = options.recorded.get("trt-ver")
+    if trt is None:
+        return target.note
+    if target.gpu is None or target.gpu.api != "cuda":
+        raise ValidationError("OutputConfig.CompilerOptions.trt-ver", f"applies to NVIDIA targets; {target.name} is not one")
+    return " ".join(n for n in (target.note, f"trt-ver {trt} was recorded and is not needed: the artifact does not use "
+                                             "TensorRT.") if n)
 
 
 def _triple(target: Target, options: CompilerOptions) -> str:
@@ -178,6 +258,12 @@ def _entry(name: str, table: dict, os: str = "LINUX") -> Target | Unsupported:
     if "unsupported" in table:
         return Unsupported(name, table["unsupported"])
     arch = load_catalog()["arch"][table["arch"]]
+    gpu = table.get("gpu")
+    if gpu is not None:
+        api = load_catalog()["gpu"][gpu["api"]]
+        table = {**table, "backends": api["backends"], "tree_backends": []}  # GPU code only: trees are CPU models
+    if table.get("coreml"):  # coremltools converts the source model itself: no ONNX backend applies
+        table = {**table, "backends": [], "tree_backends": []}
     return Target(
         name=name,
         arch=table["arch"],
@@ -186,6 +272,8 @@ def _entry(name: str, table: dict, os: str = "LINUX") -> Target | Unsupported:
         features=tuple(arch["cpus"][table["mcpu"]]),
         backends=tuple(table.get("backends", arch["backends"])),
         tree_backends=tuple(table.get("tree_backends", arch.get("tree_backends", ()))),
+        device_type="coreml" if table.get("coreml") else load_catalog()["gpu"][gpu["api"]]["device_type"] if gpu else "cpu",
+        gpu=Gpu(gpu["api"], gpu.get("code", "")) if gpu else None,
         os=table.get("os", os),
         about=table.get("about", ""),
         note=table.get("note", ""),

@@ -12,9 +12,9 @@ PRECISIONS = ("float32", "float16", "bfloat16")
 # Neo's DTYPE: the data type of a PyTorch model's inputs, with the aliases AWS documents.
 INPUT_DTYPES = {"float": "float32", "float32": "float32", "float16": "float16", "int32": "int32",
                 "int64": "int64", "long": "int64"}
-BACKENDS = ("onnxruntime", "openvino", "iree", "treelite")
-# Neo options handed to the frontends (signature_def_key, output_names, class_labels) or recorded for targets
-# this release does not build (gpu-code, trt-ver, cuda-ver, ANDROID_PLATFORM).
+BACKENDS = ("onnxruntime", "openvino", "iree", "treelite", "tvm")
+# Neo options kept as given: handed to the frontends (signature_def_key, output_names, class_labels) or read
+# by the catalog for GPU and Android targets (gpu-code, cuda-ver, trt-ver, ANDROID_PLATFORM).
 RECORDED = (
     "gpu-code", "trt-ver", "cuda-ver", "ANDROID_PLATFORM", "class_labels",
     "signature_def_key", "output_names",

@@ -3,14 +3,15 @@ implements Backend, register it in BACKENDS, add an executor to runtime/executor
 the target catalog's backend lists."""
 from __future__ import annotations
 
-from .base import Backend, BackendOutput
+from .base import Backend, BackendOutput, GpuBackend
 from .iree import IreeBackend
 from .onnxruntime import OnnxRuntimeBackend
 from .openvino import OpenVinoBackend
 from .treelite import TreeliteBackend
+from .tvm import TvmBackend
 
 BACKENDS: dict[str, Backend] = {
-    b.name: b for b in (OnnxRuntimeBackend(), OpenVinoBackend(), IreeBackend(), TreeliteBackend())
+    b.name: b for b in (OnnxRuntimeBackend(), OpenVinoBackend(), IreeBackend(), TreeliteBackend(), TvmBackend())
 }
 
-__all__ = ["BACKENDS", "Backend", "BackendOutput"]
+__all__ = ["BACKENDS", "Backend", "BackendOutput", "GpuBackend"]

@@ -18,6 +18,8 @@ class BackendOutput:
     entry: dict = field(default_factory=dict)  # extra compiled.meta Backend fields (e.g. Entry function)
     command: str = ""  # the command line or API call, so users can reproduce it
     notes: list[str] = field(default_factory=list)
+    # True when the files run on any host CPU (GPU code + bytecode): compiled.meta then names no CPU.
+    host_independent: bool = False
 
 
 class Backend(Protocol):
@@ -46,4 +48,16 @@ class Backend(Protocol):
     def compile(self, model: onnx.ModelProto, target: Target, options: CompilerOptions, workdir: Path) -> BackendOutput:
         """Compile the model (in the backend's form: ONNX, or a treelite.Model) for target into workdir;
         raise CompilationError naming what failed."""
+        ...
+
+
+class GpuBackend(Backend, Protocol):
+    """A backend the catalog lists for GPU targets also says how its GPU code can be checked here."""
+
+    def gpu_device(self, api: str) -> str | None:
+        """The name of a device of this GPU API on this machine that runs the artifact, or None."""
+        ...
+
+    def static_check(self, workdir: Path, output: BackendOutput, target: Target) -> str:
+        """Check the device code without running it; return what was checked, raise CompilationError if wrong."""
         ...

@@ -1,7 +1,8 @@
-"""IREE backend: ONNX -> MLIR (iree-import-onnx) -> a self-contained .vmfb for the target CPU.
+"""IREE backend: ONNX -> MLIR (iree-import-onnx) -> a self-contained .vmfb for the target CPU or GPU.
 
 Flags that matter here (measured, REFERENCE.md section 6): NCHW convolutions are converted to channels-last
-(4-5x faster on CPU); ARM needs explicit CPU features; armv7 needs debug symbols off.
+(4-5x faster on CPU); ARM needs explicit CPU features; armv7 needs debug symbols off. GPU modules hold PTX
+(CUDA, sm_60 and newer) or SPIR-V (Vulkan) plus VM bytecode: the host side does not depend on the CPU.
 """
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import onnx
 
+from modelkiln.compiler.emulation import device_in_child
+from modelkiln.compiler.gpu_code import PTX_HEADER, check_ptx, embedded_text
 from modelkiln.errors import CompilationError
+from modelkiln.targets import Gpu
 from modelkiln.targets import CompilerOptions, Target
 
 from .base import BackendOutput
@@ -22,6 +26,8 @@ from .base import BackendOutput
 FILE = "compiled.vmfb"
 CHANNELS_LAST = "builtin.module(util.func(iree-preprocessing-convert-conv-to-channels-last))"
 TIMEOUT_S = 1800
+CUDA_MIN_SM = 60  # IREE's NVPTX target knows sm_60 and newer (sm_53 "is not a known target")
+DEVICES = {"cuda": "cuda", "vulkan": "vulkan"}  # Kiln GPU api -> IREE HAL driver
 
 
 class IreeBackend:
@@ -37,7 +43,17 @@ class IreeBackend:
         return f"iree-base-runtime=={version('iree-base-runtime')}"
 
     def unsupported_reason(self, target: Target, options: CompilerOptions) -> str | None:
+        if target.gpu and target.gpu.api == "opencl":
+            return "IREE has no OpenCL target"
+        if target.gpu and target.gpu.api == "cuda" and target.gpu.sm < CUDA_MIN_SM:
+            return f"IREE's CUDA target starts at sm_{CUDA_MIN_SM}; {target.gpu.code} needs another backend"
         return None
+
+    def gpu_device(self, api: str) -> str | None:
+        return device_in_child("run_iree", DEVICES[api])
+
+    def static_check(self, workdir: Path, output: BackendOutput, target: Target) -> str:
+        return static_check(workdir, output, target)
 
     def compile(self, model: onnx.ModelProto, target: Target, options: CompilerOptions, workdir: Path) -> BackendOutput:
         source, mlir, out = workdir / "source.onnx", workdir / "source.mlir", workdir / FILE
@@ -64,15 +80,17 @@ class IreeBackend:
             notes.append(f"IREE demotes the inputs of matmuls and convolutions to {options.precision}; "
                          "accumulation and other operators stay fp32.")
         return BackendOutput(
-            files=[FILE], entry={"Entry": _entry_name(model)},
+            files=[FILE], entry={"Entry": _entry_name(model), "Device": DEVICES[target.gpu.api] if target.gpu else "local"},
             command="iree-import-onnx model.onnx -o model.mlir && iree-compile model.mlir "
             + " ".join(shlex.quote(f) for f in flags) + f" -o {FILE}",
-            notes=notes,
+            notes=notes + gpu_notes(target.gpu), host_independent=target.gpu is not None,
         )
 
 
 def compile_flags(target: Target, options: CompilerOptions) -> list[str]:
-    """iree-compile flags for a CPU target."""
+    """iree-compile flags for the target's CPU, or its GPU."""
+    if target.gpu:
+        return gpu_flags(target.gpu) + _precision_flags(options)
     flags = [
         "--iree-hal-target-device=local",
         "--iree-hal-local-target-device-backends=llvm-cpu",
@@ -84,11 +102,51 @@ def compile_flags(target: Target, options: CompilerOptions) -> list[str]:
         flags.append("--iree-llvmcpu-target-cpu-features=" + ",".join(target.mattr))
     if target.arch == "armv7":
         flags.append("--iree-llvmcpu-debug-symbols=false")  # else: "imports are not supported" at load
-    if options.precision != "float32":
-        short = {"float16": "f16", "bfloat16": "bf16"}[options.precision]
-        flags += [f"--iree-global-opt-demote-contraction-inputs-type={short}",
-                  "--iree-global-opt-demote-contraction-inputs-operations=all"]
-    return flags
+    return flags + _precision_flags(options)
+
+
+def gpu_flags(gpu: Gpu) -> list[str]:
+    if gpu.api == "cuda":
+        flags = ["--iree-hal-target-device=cuda", f"--iree-cuda-target={gpu.code}"]
+        if gpu.ptx_isa:  # the PTX ISA the user's CUDA (cuda-ver) loads; IREE's default is newer
+            flags.append("--iree-cuda-target-features=+ptx" + gpu.ptx_isa.replace(".", ""))
+        return flags
+    return ["--iree-hal-target-device=vulkan", f"--iree-vulkan-target={gpu.code}"]
+
+
+def gpu_notes(gpu: Gpu | None) -> list[str]:
+    if gpu is None:
+        return []
+    if gpu.api == "cuda":
+        return [f"CUDA: the .vmfb holds PTX for {gpu.code} (JIT-compiled by the NVIDIA driver when loaded, so it "
+                "also runs on newer GPUs) and VM bytecode for the host, which any IREE runtime with the CUDA driver "
+                "runs on any CPU. TensorRT is not used."]
+    return [f"Vulkan: the .vmfb holds SPIR-V for IREE's {gpu.code} profile (Vulkan 1.1, no subgroup-size "
+            "assumptions) and VM bytecode for the host; run it with an IREE runtime built with its Vulkan driver."]
+
+
+def _precision_flags(options: CompilerOptions) -> list[str]:
+    if options.precision == "float32":
+        return []
+    short = {"float16": "f16", "bfloat16": "bf16"}[options.precision]
+    return [f"--iree-global-opt-demote-contraction-inputs-type={short}",
+            "--iree-global-opt-demote-contraction-inputs-operations=all"]
+
+
+def static_check(workdir: Path, output: BackendOutput, target: Target) -> str:
+    """Check a module's GPU code without a GPU (PTX: see gpu_code.check_ptx). Returns what was checked."""
+    assert target.gpu is not None
+    if target.gpu.api != "cuda":
+        return "SPIR-V was not checked without a Vulkan device"
+    ptx = extract_ptx((workdir / output.files[0]).read_bytes())
+    if ptx is None:
+        raise CompilationError("verify", "the CUDA module holds no PTX", "report this with the model.")
+    return check_ptx(ptx, target.gpu, workdir)
+
+
+def extract_ptx(module: bytes) -> str | None:
+    """The PTX text IREE embeds in a .vmfb (a flatbuffer string: uint32 length, then the text)."""
+    return embedded_text(module, PTX_HEADER, 4)
 
 
 def _entry_name(model: onnx.ModelProto) -> str:
