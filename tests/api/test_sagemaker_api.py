@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import subprocess
 import tarfile
@@ -105,6 +106,43 @@ def test_pytorch_job_compiles(alice, sm, uploaded):
     job = wait_for_job(sm, "cnn-pth")
     assert job["CompilationJobStatus"] == "COMPLETED", job["FailureReason"]
     assert json.loads(job["DerivedInformation"]["DerivedDataInputConfig"]) == {"input0": [1, 3, 32, 32]}
+
+
+def _artifact_meta(uploaded, key: str) -> dict:
+    body = uploaded["s3"].get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        return json.load(tar.extractfile("compiled.meta"))
+
+
+def test_gpu_job_for_a_jetson_ships_ptx_for_its_gpu(alice, sm, uploaded):
+    sm.create_compilation_job(**job_request(alice, "cnn-nano", uploaded["onnx"], target="jetson_nano",
+                                            options='{"cuda-ver": "10.2", "trt-ver": "8.0"}'))
+    job = wait_for_job(sm, "cnn-nano")
+    assert job["CompilationJobStatus"] == "COMPLETED", job["FailureReason"]
+    meta = _artifact_meta(uploaded, "out/model-jetson_nano.tar.gz")
+    assert meta["Requirements"]["TargetDeviceType"] == "gpu" and meta["Backend"]["Name"] == "tvm"
+    assert meta["Requirements"]["Gpu"] == {"Api": "cuda", "Code": "sm_53", "PtxIsa": "6.5"}
+
+
+def test_vulkan_job_whose_code_lavapipe_computes_wrong_fails_naming_the_fix(alice, sm, uploaded):
+    request = job_request(alice, "cnn-mali", uploaded["onnx"], options=None)
+    del request["OutputConfig"]["TargetDevice"]
+    request["OutputConfig"]["TargetPlatform"] = {"Os": "ANDROID", "Arch": "ARM64", "Accelerator": "MALI"}
+    sm.create_compilation_job(**request)
+    job = wait_for_job(sm, "cnn-mali")
+    assert job["CompilationJobStatus"] == "FAILED"
+    assert "llvmpipe" in job["FailureReason"] and "gpu-code 'valhall'" in job["FailureReason"]
+
+
+def test_coreml_job_ships_an_ml_program(alice, sm, uploaded):
+    sm.create_compilation_job(**job_request(alice, "cnn-coreml", uploaded["pth"], framework="PYTORCH",
+                                            target="coreml", options='{"class_labels": ["a", "b", "c", "d", "e", '
+                                                                     '"f", "g", "h", "i", "j"]}',
+                                            data_input_config='[{"shape": [1, 3, 32, 32]}]'))
+    job = wait_for_job(sm, "cnn-coreml")
+    assert job["CompilationJobStatus"] == "COMPLETED", job["FailureReason"]
+    meta = _artifact_meta(uploaded, "out/model-coreml.tar.gz")
+    assert meta["Requirements"]["TargetDeviceType"] == "coreml" and meta["Backend"]["Files"] == ["model.mlpackage"]
 
 
 # ---- jobs that fail say why --------------------------------------------------------------------------------
