@@ -68,13 +68,20 @@ def test_aarch64_runs_under_qemu_and_matches(aarch64_artifact):
     assert [c.status for c in report.candidates[1:]] == ["not tried", "not tried"]
 
 
-def test_armv7_is_not_run_and_says_what_was_checked(models, tmp_path):
-    report = compile_cnn(models, tmp_path, target_device="rasp3b")
+@pytest.mark.parametrize("target, triple", [
+    ({"target_device": "rasp3b"}, "armv7a-linux-gnueabihf"),
+    # ARMv7 cores (not ARMv8 in 32-bit mode, like the Pi 3's A53) call fmaxf for ReLU/Clip/MaxPool: Kiln links it in
+    ({"target_device": "sitara_am57x"}, "armv7a-linux-gnueabihf"),
+    ({"target_platform": {"Os": "LINUX", "Arch": "ARM_EABIHF"}}, "armv7a-linux-gnueabihf"),
+    ({"target_platform": {"Os": "ANDROID", "Arch": "ARM_EABI"}}, "armv7a-linux-androideabi21"),
+])
+def test_armv7_is_not_run_and_says_what_was_checked(models, tmp_path, target, triple):
+    report = compile_cnn(models, tmp_path, **target)
     winner = report.winner()
     assert winner.backend == "iree"
     assert winner.check.status == "not run on target arch"
     assert "checked instead" in winner.check.detail and "arm ELF32" in winner.check.detail
-    assert "debug-symbols=false" in winner.command and "armv7a-linux-gnueabihf" in winner.command
+    assert "debug-symbols=false" in winner.command and f"--iree-llvmcpu-target-triple={triple}" in winner.command
     assert "verified" not in json.dumps(json.loads((tmp_path / "report.json").read_text())["candidates"][0]["check"])
 
 

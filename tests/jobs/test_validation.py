@@ -224,7 +224,7 @@ def test_create_rejection_names_the_field(edits, field, words):
     assert words in error.message, error
 
 
-@pytest.mark.parametrize("edits", [{"OutputConfig__TargetDevice": "ml_inf1"}, platform(Os="ANDROID", Arch="ARM_EABI")])
+@pytest.mark.parametrize("edits", [{"OutputConfig__TargetDevice": "ml_inf1"}, platform(Os="LINUX", Arch="ARM_EABI")])
 def test_valid_request_for_an_unsupported_target_is_accepted_without_a_target(edits):
     """The job is created and then FAILED with the catalog's reason (see tests/api), as Neo fails what it can't build."""
     assert create(changed(create_request(), **edits)).target is None

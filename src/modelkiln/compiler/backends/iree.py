@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from importlib.metadata import version
@@ -58,11 +59,13 @@ class IreeBackend:
     def compile(self, model: onnx.ModelProto, target: Target, options: CompilerOptions, workdir: Path) -> BackendOutput:
         source, mlir, out = workdir / "source.onnx", workdir / "source.mlir", workdir / FILE
         onnx.save(model, str(source))
+        link: list[str] = []
         try:
             _run([sys.executable, "-m", "iree.compiler.tools.import_onnx", str(source), "-o", str(mlir)],
                  "importing the ONNX model into IREE", mlir)
             flags = compile_flags(target, options)
-            _run([_tool("iree-compile"), str(mlir), *flags, "-o", str(out)], "compiling with IREE", mlir)
+            link = armv7_libm_linker(target, workdir) if target.arch == "armv7" and not target.gpu else []
+            _run([_tool("iree-compile"), str(mlir), *flags, *link, "-o", str(out)], "compiling with IREE", mlir)
         except CompilationError as exc:
             culprit = find_unconvertible_node(model, workdir)
             if culprit:
@@ -76,6 +79,9 @@ class IreeBackend:
             source.unlink(missing_ok=True)
             mlir.unlink(missing_ok=True)
         notes = []
+        if link:
+            notes.append("ARMv7 has no fmaxf/fminf instruction and IREE's embedded loader no libm: Kiln links its own "
+                         "fmaxf/fminf (C99 semantics) into the module through --iree-llvmcpu-embedded-linker-path.")
         if options.precision != "float32":
             notes.append(f"IREE demotes the inputs of matmuls and convolutions to {options.precision}; "
                          "accumulation and other operators stay fp32.")
@@ -147,6 +153,44 @@ def static_check(workdir: Path, output: BackendOutput, target: Target) -> str:
 def extract_ptx(module: bytes) -> str | None:
     """The PTX text IREE embeds in a .vmfb (a flatbuffer string: uint32 length, then the text)."""
     return embedded_text(module, PTX_HEADER, 4)
+
+
+# ARMv7 has no instruction for fmaxf/fminf (IEEE maxNum: ARMv8's VMAXNM), so LLVM calls libm for every max/min
+# (ReLU, Clip, MaxPool), and IREE's embedded ELF loader has no libm ("undefined symbol: fmaxf"). Kiln links
+# these into the module itself; hidden visibility keeps the calls direct (no dynamic imports).
+ARMV7_LIBM_C = r"""
+#define KILN_LOCAL __attribute__((visibility("hidden")))
+KILN_LOCAL float fmaxf(float a, float b) { return a != a ? b : (b != b ? a : (a > b ? a : b)); }
+KILN_LOCAL float fminf(float a, float b) { return a != a ? b : (b != b ? a : (a < b ? a : b)); }
+"""
+ARMV7_GCC = "arm-linux-gnueabihf-gcc"
+
+
+def armv7_libm_linker(target: Target, workdir: Path) -> list[str]:
+    """iree-compile flags that link fmaxf/fminf, built for the target's float ABI, into armv7 modules."""
+    gcc = shutil.which(ARMV7_GCC)
+    if gcc is None:
+        raise CompilationError("compile", f"{ARMV7_GCC} is not installed; IREE's armv7 code needs it for fmaxf",
+                               "install Debian's gcc-arm-linux-gnueabihf (make system-deps does).")
+    source, obj, wrapper = workdir / "kiln_libm.c", workdir / "kiln_libm.o", workdir / "iree-lld-armv7"
+    source.write_text(ARMV7_LIBM_C)
+    abi = "softfp" if "androideabi" in target.triple else "hard"  # armeabi-v7a passes floats in core registers
+    proc = subprocess.run([gcc, "-c", "-O2", "-fPIC", "-ffreestanding", "-fno-builtin", "-march=armv7-a",
+                           "-mfpu=neon", f"-mfloat-abi={abi}", str(source), "-o", str(obj)],
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise CompilationError("compile", f"{ARMV7_GCC} failed on Kiln's fmaxf: {proc.stderr.strip()[:300]}",
+                               "report this with the model.")
+    # IREE also links host-arch objects (compile-time constant evaluation): add ours to ARM links only
+    # (ELF e_machine 40, read from the first object file).
+    lld = _tool("iree-lld")
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do case "$a" in *.o) m=$(od -An -tu2 -j18 -N2 "$a" | tr -d " "); break;; esac; done\n'
+        f'if [ "$m" = 40 ]; then exec "{lld}" "$@" "{obj}"; fi\n'
+        f'exec "{lld}" "$@"\n')
+    wrapper.chmod(0o755)
+    return [f"--iree-llvmcpu-embedded-linker-path={wrapper}"]
 
 
 def _entry_name(model: onnx.ModelProto) -> str:
