@@ -318,7 +318,8 @@ def _select(candidates: list[Candidate], ctx: _Context) -> tuple[Candidate, str]
         winner = min(ok, key=lambda c: c.latency_ms or float("inf"))
         how = f"fastest verified candidate, timed on this host with {winner.threads} threads"
     else:
-        winner, how = ok[0], f"first verified candidate in the catalog's order for {ctx.target.arch}"
+        where = f"the {ctx.target.gpu.api} GPU" if ctx.target.gpu else ctx.target.arch
+        winner, how = ok[0], f"first verified candidate in the catalog's order for {where}"
     winner.status = "selected"
     return winner, how
 
