@@ -61,11 +61,13 @@ def test_gpu_code_overrides_a_devices_default():
     ('{"cuda-ver": "10.2"}', {"device": "rasp4b"}, "cuda-ver", "CPU target"),
     ('{"trt-ver": "7.1"}', {"device": "ml_c5"}, "trt-ver", "NVIDIA targets"),
     ('{"gpu-code": "sm_99"}', {"device": "ml_p3"}, "gpu-code", "sm_99"),
-    ('{"gpu-code": "sm_70"}', {"device": "rk3399"}, "gpu-code", "opencl"),
+    ('{"gpu-code": "sm_70"}', {"device": "rk3399"}, "gpu-code", "known: mali-t760, mali-t860"),
     ('{"cuda-ver": "7.5"}', {"device": "ml_p3"}, "cuda-ver", "not a CUDA release"),
     ('{"cuda-ver": "10.2", "gpu-code": "sm_80"}', {"device": "ml_p3"}, "cuda-ver", "needs PTX 7.0"),
     ('{"cuda-ver": "11.0"}', {"platform_": {"Os": "LINUX", "Arch": "ARM64", "Accelerator": "MALI"}},
      "cuda-ver", "NVIDIA"),
+    ('{"gpu-code": "valhall"}', {"platform_": {"Os": "LINUX", "Arch": "X86_64", "Accelerator": "INTEL_GRAPHICS"}},
+     "gpu-code", "known: vp_android_baseline_2022"),
 ])
 def test_gpu_options_that_cannot_apply_name_the_field(options, target, field, words):
     with pytest.raises(ValidationError) as err:
@@ -85,3 +87,8 @@ def test_gpu_platforms_kiln_cannot_build_say_why(platform_, words):
     with pytest.raises(UnsupportedTarget) as err:
         _resolve(platform_=platform_)
     assert words in err.value.message
+
+
+def test_mali_takes_the_valhall_profile():
+    target = _resolve('{"gpu-code": "valhall"}', platform_={"Os": "ANDROID", "Arch": "ARM64", "Accelerator": "MALI"})
+    assert target.gpu.code == "valhall" and target.gpu.codes == ("vp_android_baseline_2022", "valhall")

@@ -34,7 +34,6 @@ from modelkiln.frontends import ConvertedModel, check_framework, check_framework
 from modelkiln.runtime.executors import Executor, open_executor
 from modelkiln.runtime.model import host_arch
 from modelkiln.targets import CompilerOptions, Target, parse_compiler_options, resolve
-from modelkiln.targets.catalog import gpu_codes
 
 Progress = Callable[[str, str], None]  # (stage, message)
 
@@ -252,7 +251,7 @@ def _verify_gpu(ctx: _Context, backend: GpuBackend, output: BackendOutput, meta:
     if device:
         outputs = emulation.run_isolated(workdir, meta, _ordered(ctx))
         check = compare(outputs, ctx.expected, TOLERANCE[ctx.options.precision], f"{gpu.api} device: {device}")
-        others = [c for c in gpu_codes(gpu.api) if c != gpu.code]
+        others = [c for c in gpu.codes if c != gpu.code]
         if check.status == "mismatch" and not check.detail and others:
             check.detail = (f"max rel err {check.max_rel_err:.2e} > tolerance {check.tolerance:.0e} on {device} with "
                             f"the {gpu.code} code; another GPU code may compute it right: CompilerOptions gpu-code "

@@ -30,6 +30,7 @@ class Gpu:
     api: str  # cuda | vulkan | opencl
     code: str  # cuda: "sm_72"; vulkan: IREE's target profile; opencl: "mali-t860"
     ptx_isa: str | None = None  # cuda: the newest PTX ISA the user's cuda-ver loads; None: the backend's default
+    codes: tuple[str, ...] = ()  # the GPU codes this target may be given (CompilerOptions gpu-code)
 
     @property
     def sm(self) -> int:
@@ -77,11 +78,6 @@ def load_catalog() -> dict:
     """The parsed catalog.toml."""
     with CATALOG_PATH.open("rb") as f:
         return tomllib.load(f)
-
-
-def gpu_codes(api: str) -> list[str]:
-    """The GPU codes (CompilerOptions gpu-code) Kiln builds for with a GPU API, in the catalog's order."""
-    return list(load_catalog()["gpu"][api]["codes"])
 
 
 def device_names() -> list[str]:
@@ -203,9 +199,9 @@ def _gpu(target: Target, options: CompilerOptions) -> Gpu | None:
                 raise ValidationError(f"{prefix}.{key}", f"applies to GPU targets; {target.name} is a CPU target")
         return None
     table = load_catalog()["gpu"][target.gpu.api]
-    if code is not None and code not in table["codes"]:
-        raise ValidationError(f"{prefix}.gpu-code", f"{code!r} is not a {target.gpu.api} GPU code Kiln builds for; "
-                                                    f"known: {', '.join(table['codes'])}")
+    if code is not None and code not in target.gpu.codes:
+        raise ValidationError(f"{prefix}.gpu-code", f"{code!r} is not a GPU code Kiln builds for {target.name}; "
+                                                    f"known: {', '.join(target.gpu.codes)}")
     if code is None and not target.gpu.code:
         raise ValidationError(f"{prefix}.gpu-code", f"is required for {target.name}: name the GPU architecture, "
                                                     "e.g. {\"gpu-code\": \"sm_72\"}")
@@ -223,7 +219,7 @@ def _gpu(target: Target, options: CompilerOptions) -> Gpu | None:
         if _version(ptx_isa) < _version(needed):
             raise ValidationError(f"{prefix}.cuda-ver", f"CUDA {cuda_ver} loads PTX up to ISA {ptx_isa}, but {code} "
                                                         f"code needs PTX {needed}: raise cuda-ver or pick an older gpu-code")
-    return Gpu(target.gpu.api, code or target.gpu.code, ptx_isa)
+    return Gpu(target.gpu.api, code or target.gpu.code, ptx_isa, target.gpu.codes)
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -273,7 +269,7 @@ def _entry(name: str, table: dict, os: str = "LINUX") -> Target | Unsupported:
         backends=tuple(table.get("backends", arch["backends"])),
         tree_backends=tuple(table.get("tree_backends", arch.get("tree_backends", ()))),
         device_type="coreml" if table.get("coreml") else load_catalog()["gpu"][gpu["api"]]["device_type"] if gpu else "cpu",
-        gpu=Gpu(gpu["api"], gpu.get("code", "")) if gpu else None,
+        gpu=Gpu(gpu["api"], gpu.get("code", ""), codes=tuple(gpu.get("codes", api["codes"]))) if gpu else None,
         os=table.get("os", os),
         about=table.get("about", ""),
         note=table.get("note", ""),
