@@ -19,6 +19,7 @@ from modelkiln.compiler import CompileJob, compile_job
 from modelkiln.compiler.backends.base import BackendOutput
 from modelkiln.compiler.backends.iree import extract_ptx, static_check
 from modelkiln.compiler.gpu_code import check_ptx
+from modelkiln.compiler.verify import embedded_elf_arches
 from modelkiln.errors import CompilationError
 from modelkiln.runtime import ArtifactError, Model
 from modelkiln.compiler.emulation import device_in_child
@@ -153,3 +154,30 @@ def test_tree_models_on_a_gpu_target_name_the_cpu_route(tmp_path):
     with pytest.raises(CompilationError, match="tree ensembles .* are compiled for CPUs only") as err:
         compile_job(job)
     assert "without Accelerator" in err.value.hint
+
+
+@pytest.mark.parametrize("device, host_elf", [("rk3399", "aarch64"), ("rk3288", "arm")])
+def test_midgard_mali_ships_opencl_whose_kernels_run_on_pocl(models, tmp_path, device, host_elf):
+    report = compile_cnn(models, tmp_path, target_device=device)
+    winner = report.winner()
+    assert winner.backend == "tvm" and winner.check.status == "not run on a GPU"
+    assert "kernels built by Portable Computing Language" in winner.check.detail
+    assert "its kernels ran on PoCL" in winner.check.detail and "and matched" in winner.check.detail
+    meta = _meta(tmp_path)
+    assert meta["Requirements"]["TargetDeviceType"] == "opencl" and meta["Backend"]["Device"] == "opencl"
+    with tarfile.open(tmp_path / "model.tar.gz") as tar:
+        library = tar.extractfile("compiled.so").read()
+    assert (host_elf, 2 if host_elf == "aarch64" else 1) in embedded_elf_arches(library[:64])
+
+
+def test_old_nvidia_gpus_get_ptx_from_tvm_with_the_board_cpu_as_host(models, tmp_path):
+    report = compile_cnn(models, tmp_path, target_device="jetson_nano")
+    iree, tvm = report.candidates
+    assert iree.status == "skipped" and "starts at sm_60" in iree.reason
+    assert tvm.status == "selected" and tvm.check.status == ("verified" if CUDA_DEVICE else "not run on a GPU")
+    if not CUDA_DEVICE:
+        assert "PTX .version 4.2 .target sm_53, assembled for sm_53 by ptxas 12.9" in tvm.check.detail
+        assert "kernels were not run (TVM's CUDA kernels need a CUDA device)" in tvm.check.detail
+    with tarfile.open(tmp_path / "model.tar.gz") as tar:
+        library = tar.extractfile("compiled.so").read()
+    assert embedded_elf_arches(library[:64]) == {("aarch64", 2)}  # host code for the Jetson's CPU

@@ -169,3 +169,15 @@ def test_unsupported_reason():
     assert BACKEND.unsupported_reason(target("aarch64", Gpu("cuda", "sm_53")), OPTIONS) is None
     assert "float32" in BACKEND.unsupported_reason(target("x86_64"), dataclasses.replace(OPTIONS, precision="float16"))
     assert BACKEND.runtime_requirement() == "apache-tvm==0.27.0.post1"
+
+
+def test_opencl_kernels_run_on_pocl_and_match_onnxruntime():
+    from modelkiln.compiler.backends.tvm_pocl import run_on_pocl
+
+    model = convnet()
+    x = _input(model)
+    outputs, where = run_on_pocl(model, target("aarch64", Gpu("opencl", "mali-t860")), [x])
+    assert where.startswith("PoCL (OpenCL 3.0 PoCL")
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(outputs[0], expected, rtol=1e-5, atol=1e-6)
+    assert BACKEND.run_kernels(model, target("aarch64", Gpu("cuda", "sm_53")), [x]) == "TVM's CUDA kernels need a CUDA device"

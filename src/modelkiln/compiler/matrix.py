@@ -16,7 +16,7 @@ SHORT = {"TENSORFLOW": "TF", "KERAS": "Keras", "MXNET": "MXNet", "ONNX": "ONNX",
 GPU_CHECKS = {
     "cuda": "GPU where one is present; else not run: PTX assembled by ptxas + host-twin build checked",
     "vulkan": "lavapipe: the artifact runs on Mesa's Vulkan driver on the CPU",
-    "opencl": "not run: kernels built by PoCL + host-twin build checked",
+    "opencl": "not run as a whole: its OpenCL kernels run on PoCL, operator by operator + host-twin build checked",
 }
 
 

@@ -264,10 +264,31 @@ def _verify_gpu(ctx: _Context, backend: GpuBackend, output: BackendOutput, meta:
     check = _twin_check(ctx, backend)
     if check.status != "verified":
         return check
+    kernels = _kernel_check(ctx, backend)
+    if kernels.status == "mismatch":
+        return kernels
     return dataclasses.replace(
         check, status="not run on a GPU",
         detail=f"no {gpu.api} device on this machine; checked instead: the same model compiled by {backend.name} "
-        f"for this host's CPU ran within tolerance, and the device code: {static}")
+        f"for this host's CPU ran within tolerance; the device code: {static}; " + (
+            f"its kernels ran on {kernels.ran_on}, and matched (max rel err {kernels.max_rel_err:.1e})"
+            if kernels.status == "verified" else f"its kernels were not run ({kernels.detail})"))
+
+
+def _kernel_check(ctx: _Context, backend: GpuBackend) -> Check:
+    """The GPU kernels run on a stand-in device (TVM's OpenCL kernels on PoCL), compared with the framework."""
+    tolerance = TOLERANCE[ctx.options.precision]
+    try:
+        ran = backend.run_kernels(_form(backend, ctx.model), ctx.target, _ordered(ctx))
+    except Exception as exc:  # a stand-in that cannot take this model is a gap in the check, not a failure
+        return Check("error", "kernels", tolerance, detail=_brief(exc))
+    if isinstance(ran, str):
+        return Check("error", "kernels", tolerance, detail=ran)
+    check = compare(ran[0], ctx.expected, tolerance, ran[1])
+    if check.status == "mismatch" and not check.detail:
+        check.detail = (f"the {ctx.target.gpu.code} kernels computed outputs {check.max_rel_err:.2e} from the "
+                        f"framework's (tolerance {tolerance:.0e}) on {ran[1]}")
+    return check
 
 
 def _twin_check(ctx: _Context, backend: Backend) -> Check:

@@ -61,3 +61,7 @@ class GpuBackend(Backend, Protocol):
     def static_check(self, workdir: Path, output: BackendOutput, target: Target) -> str:
         """Check the device code without running it; return what was checked, raise CompilationError if wrong."""
         ...
+
+    def run_kernels(self, model: onnx.ModelProto, target: Target, inputs: list) -> tuple[list, str] | str:
+        """Without a device: run the model's GPU kernels on a stand-in here, (outputs, where), or why not."""
+        ...

@@ -56,6 +56,9 @@ class IreeBackend:
     def static_check(self, workdir: Path, output: BackendOutput, target: Target) -> str:
         return static_check(workdir, output, target)
 
+    def run_kernels(self, model: onnx.ModelProto, target: Target, inputs: list) -> tuple[list, str] | str:
+        return f"IREE's {target.gpu.api if target.gpu else 'GPU'} kernels need a device of that API"
+
     def compile(self, model: onnx.ModelProto, target: Target, options: CompilerOptions, workdir: Path) -> BackendOutput:
         source, mlir, out = workdir / "source.onnx", workdir / "source.mlir", workdir / FILE
         onnx.save(model, str(source))

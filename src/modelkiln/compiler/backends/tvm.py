@@ -66,22 +66,19 @@ class TvmBackend:
     def static_check(self, workdir: Path, output: BackendOutput, target: Target) -> str:
         return static_check(workdir, output, target)
 
+    def run_kernels(self, model: onnx.ModelProto, target: Target, inputs: list) -> tuple[list, str] | str:
+        if target.gpu is None or target.gpu.api != "opencl":
+            return "TVM's CUDA kernels need a CUDA device"
+        from .tvm_pocl import run_on_pocl
+
+        return run_on_pocl(model, target, inputs)
+
     def compile(self, model: onnx.ModelProto, target: Target, options: CompilerOptions, workdir: Path) -> BackendOutput:
         import tvm
-        from tvm import relax
         from tvm.support.cc import cross_compiler
 
         gpu = target.gpu
-        mod = import_onnx(model)
-        tvm_target = make_target(target)
-        if gpu is not None:
-            if gpu.api == "cuda":
-                _install_nvptx_hooks()
-            dlight = _dlight()
-            with tvm_target:
-                mod = relax.transform.LegalizeOps()(mod)
-                mod = dlight.ApplyDefaultSchedule(dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(),
-                                                  dlight.gpu.GeneralReduction(), dlight.gpu.Fallback())(mod)
+        mod, tvm_target = scheduled_module(model, target)
         try:
             executable = tvm.compile(mod, target=tvm_target)
         except Exception as exc:  # TVM raises its own error classes (ValueError, InternalError, ...)
@@ -109,6 +106,23 @@ class TvmBackend:
             files=[FILE], entry={"Entry": "main", "Device": DEVICES[gpu.api] if gpu else "cpu"},
             command=command, notes=notes(target), host_independent=False,
         )
+
+
+def scheduled_module(model: onnx.ModelProto, target: Target):
+    """(Relax IRModule, tvm Target): for a GPU, operators legalized to TIR and given TVM's default GPU schedules."""
+    from tvm import relax
+
+    mod = import_onnx(model)
+    tvm_target = make_target(target)
+    if target.gpu is not None:
+        if target.gpu.api == "cuda":
+            _install_nvptx_hooks()
+        dlight = _dlight()
+        with tvm_target:
+            mod = relax.transform.LegalizeOps()(mod)
+            mod = dlight.ApplyDefaultSchedule(dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(),
+                                              dlight.gpu.GeneralReduction(), dlight.gpu.Fallback())(mod)
+    return mod, tvm_target
 
 
 def import_onnx(model: onnx.ModelProto):
