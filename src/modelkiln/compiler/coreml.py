@@ -5,7 +5,7 @@ Prediction needs macOS (coremltools' Linux wheel has no libcoremlpython), so Kil
 package's spec instead (inputs, shape flexibility, image inputs, classifier labels) and reports
 numerics as not run. coremltools is imported inside functions: this module imports without it.
 
-Routes found to work with coremltools 9.0, torch 2.13, TensorFlow 2.21, Keras 3.15 (scratch/coreml_notes.md):
+Routes found to work with coremltools 9.0, torch 2.13, TensorFlow 2.21, Keras 3.15:
 - TorchScript: torch.jit.load the file, ct.convert(module, inputs=[...]).
 - torch.export .pt2: ct.convert needs the ATEN dialect, so program.run_decompositions({}) first; the
   program's shapes are static, so ranges and enumerated shapes are refused.

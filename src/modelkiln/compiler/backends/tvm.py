@@ -2,7 +2,7 @@
 cannot make: PTX for old NVIDIA GPUs (sm_37, sm_53; LLVM's NVPTX backend inside TVM, no nvcc) or OpenCL C for
 ARM Mali. It also builds plain CPU code, which Kiln uses for the x86-64 "host twin" of a GPU build.
 
-Measured with apache-tvm 0.27.0.post1 (scratch/tvm_notes.md):
+Measured with apache-tvm 0.27.0.post1:
 - GPU kernels need schedules (dlight default GPU rules), else TVM leaves them unbound to threads.
 - The `nvptx` target kind takes no mattr; LLVM then writes the lowest PTX ISA the SM allows (4.1 for sm_37,
   4.2 for sm_53), which every CUDA since 7.0 loads. Math calls link libdevice, taken from the pinned
