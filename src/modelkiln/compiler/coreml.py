@@ -327,15 +327,10 @@ def _load_pytorch(model_dir: Path) -> _Source:
 
 def _load_keras(model_dir: Path) -> _Source:
     # Reuses the Keras frontend's loader (Keras 2 .h5 compatibility, typed errors) and version reader.
-    from modelkiln.frontends.base import exactly_one
-    from modelkiln.frontends.keras import _keras_version, _load_keras as load_keras_file
+    from modelkiln.frontends.keras import _keras_version, load_built_model
     from modelkiln.frontends.tf_common import import_tensorflow, strip_port
-    path = exactly_one(model_dir, (".h5", ".hdf5", ".keras"), "Keras")
     tf = import_tensorflow()
-    model = load_keras_file(path)
-    if not getattr(model, "inputs", None):
-        raise CompilationError("convert", f"{path.name} holds a model that was never built, so it has no inputs.",
-                               "build it (call it once, or start it with keras.Input) before saving.")
+    path, model = load_built_model(model_dir)
     import keras
     declared = [(strip_port(t.name), tuple(t.shape)) for t in model.inputs]
     return _Source(model, declared, _keras_version(path), f"keras.models.load_model({path.name!r})",

@@ -33,12 +33,8 @@ TO_NCHW = (0, 3, 1, 2)
 def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None = None,
          frontend_options: Mapping[str, Any] | None = None) -> ConvertedModel:
     """Load the archive's Keras file, fix its input shapes (NCHW or the model's own layout) and convert it."""
-    path = exactly_one(model_dir, (".h5", ".hdf5", ".keras"), "Keras")
     tf = import_tensorflow()
-    model = _load_keras(path)
-    if not getattr(model, "inputs", None):
-        raise CompilationError("convert", f"{path.name} holds a model that was never built, so it has no inputs.",
-                               "build it (call it once, or start it with keras.Input) before saving.")
+    path, model = load_built_model(model_dir)
     declared = [ModelInput(t.name, tuple(t.shape), np.dtype(t.dtype).name) for t in model.inputs]
     wanted = parse_data_input_config(data_input_config)
     if wanted is None:
@@ -81,6 +77,16 @@ def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None
         reference=reference, framework="KERAS", framework_version=_keras_version(path),
         converters=_converters(tf), notes=_notes(inputs, nchw),
     )
+
+
+def load_built_model(model_dir: Path):
+    """(path, model): the archive's one Keras file, loaded; a model that was never built (no inputs) is refused."""
+    path = exactly_one(model_dir, (".h5", ".hdf5", ".keras"), "Keras")
+    model = _load_keras(path)
+    if not getattr(model, "inputs", None):
+        raise CompilationError("convert", f"{path.name} holds a model that was never built, so it has no inputs.",
+                               "build it (call it once, or start it with keras.Input) before saving.")
+    return path, model
 
 
 def _load_keras(path: Path):
