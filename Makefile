@@ -7,12 +7,16 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup system-deps cross-runtimes demo test bench readme clean
 
+# Each install step is followed by a check that its pieces work here (compile, link, run): a missing piece
+# is one line naming the package, before any test runs.
 setup: system-deps $(STAMP) cross-runtimes
+	bash scripts/check-system.sh venv $(BIN)/python $(CROSS)
 
-# Debian packages: qemu-user and the arm64 sysroot that runs aarch64 IREE artifacts for verification
-# (apt-get and dpkg-deb, always on Debian, also fetch the arm64 Python userland in cross-runtimes).
+# Debian packages: cross toolchains, qemu-user, PostgreSQL, lavapipe (scripts/install-system-deps.sh says why
+# each). apt-get and dpkg-deb, always on Debian, also fetch the arm64 Python userland in cross-runtimes.
 system-deps:
 	bash scripts/install-system-deps.sh
+	bash scripts/check-system.sh system
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

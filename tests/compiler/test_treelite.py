@@ -3,7 +3,6 @@ qemu-user) and armv7, the ONNX-ML twin on onnxruntime, and the artifact run with
 from __future__ import annotations
 
 import json
-import shutil
 import tarfile
 
 import joblib
@@ -106,7 +105,6 @@ def test_aarch64_library_is_cross_compiled_and_verified_under_qemu(tmp_path, dat
         Model(out / "model.tar.gz")
 
 
-@pytest.mark.skipif(shutil.which("arm-linux-gnueabihf-gcc") is None, reason="gcc-arm-linux-gnueabihf not installed")
 def test_armv7_is_checked_by_a_host_twin_and_its_elf_class(tmp_path, data):
     x, binary, _ = data
     joblib.dump(RandomForestClassifier(n_estimators=5, max_depth=4, random_state=0).fit(np.nan_to_num(x), binary),
