@@ -150,7 +150,10 @@ def test_every_layer_kind_matches_opencv_on_aarch64(tmp_path):
     (TINY_YOLO, '{"data": [1, 3, 96, 96]}'),  # another input size than [net] says
     ("[net]\nwidth=9\nheight=9\nchannels=2\n\n" + _conv(4, act="linear") + "[maxpool]\nsize=2\nstride=1\n\n"
      + _conv(4, stride=2, bn=0, act="relu") + "[maxpool]\nsize=2\nstride=2\n\n", None),  # odd sizes
-], ids=["tiny-yolo-96", "odd-sizes"])
+    # darknet19/resnet classifiers: a 1x1 conv to the classes, [avgpool], [softmax] (OpenCV says [1, C, 1, 1])
+    ("[net]\nwidth=16\nheight=16\nchannels=3\n\n" + _conv(8) + _conv(10, size=1, bn=0, act="linear")
+     + "[avgpool]\n\n[softmax]\ngroups=1\n\n", None),
+], ids=["tiny-yolo-96", "odd-sizes", "classifier-avgpool-softmax"])
 def test_converted_graph_matches_opencv(tmp_path, cfg, config):
     import onnxruntime as ort
 

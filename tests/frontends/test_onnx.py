@@ -31,6 +31,17 @@ def test_dynamic_dims_are_pinned_from_data_input_config(tmp_path):
     np.testing.assert_array_equal(model.reference({"x": x})[0], np.maximum(x, 0))
 
 
+def test_minus_one_dims_are_dynamic_and_the_hint_never_suggests_them(tmp_path):
+    """paddle2onnx-style exports (e.g. OCR detectors) write -1 for a dynamic dim, beside named ones."""
+    _relu(tmp_path / "m.onnx", shape=(-1, 3, "h", "w"))
+    model = load(tmp_path, '{"x": [1, 3, 48, 192]}')
+    assert model.inputs[0].shape == (1, 3, 48, 192) and model.outputs[0].shape == (1, 3, 48, 192)
+    with pytest.raises(CompilationError) as err:
+        load(tmp_path, None)
+    assert "[-1, 3, 'h', 'w']" not in err.value.message and "['?', 3, 'h', 'w']" in err.value.message
+    assert '{"x": [1, 3, 1, 1]}' in err.value.hint and "dynamic dims" in err.value.hint
+
+
 def test_static_model_needs_no_config(models, tmp_path):
     shutil.copy(models / "cnn.onnx", tmp_path)
     model = load(tmp_path, None)

@@ -275,7 +275,7 @@ def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None
         notes.append(f"{left} floats after the last layer's weights in {weights_path.name} were not used.")
     model = _onnx_model(g, spec, outputs, cfg_path.stem)
     reference = _opencv_reference(_opencv_cfg(sections), weights_path, [_opencv_name(layers, i) for i in out_layers],
-                                  spec)
+                                  spec, outputs)
     return ConvertedModel(
         onnx_model=model, inputs=[spec], outputs=outputs, reference=reference, framework="DARKNET",
         framework_version=".".join(map(str, weights.version)),
@@ -331,8 +331,10 @@ def _opencv_cfg(sections: list[Section]) -> bytes:
     return "\n".join(lines).encode()
 
 
-def _opencv_reference(cfg: bytes, weights: Path, names: list[str], spec: TensorSpec):
-    """A callable running the model in OpenCV's dnn module; the weights are read into memory now."""
+def _opencv_reference(cfg: bytes, weights: Path, names: list[str], spec: TensorSpec, outputs: list[TensorSpec]):
+    """A callable running the model in OpenCV's dnn module; the weights are read into memory now. Its outputs
+    take the converted model's shapes: OpenCV keeps NCHW where darknet's [softmax] has flattened (a softmax
+    right after [avgpool] is [1, C, 1, 1] in OpenCV and [1, C] in darknet and the ONNX form)."""
     try:
         net = cv2.dnn.readNetFromDarknet(np.frombuffer(cfg, np.uint8),
                                          np.frombuffer(weights.read_bytes(), np.uint8))
@@ -350,7 +352,8 @@ def _opencv_reference(cfg: bytes, weights: Path, names: list[str], spec: TensorS
     def run(feeds: Feeds) -> list[np.ndarray]:
         net.setInput(np.ascontiguousarray(feeds[spec.name], np.float32))
         outs = net.forward(names)
-        return [np.array(o, np.float32).reshape(o.shape) for o in outs]
+        return [np.array(o, np.float32).reshape(o.shape if o.size != np.prod(t.shape) else t.shape)
+                for o, t in zip(outs, outputs)]
 
     return run
 

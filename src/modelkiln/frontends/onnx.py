@@ -36,6 +36,7 @@ def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None
         notes.append(f"ONNX IR version {model.ir_version} lowered to {MAX_IR_VERSION} (onnxruntime's newest).")
         model.ir_version = MAX_IR_VERSION
     inputs = pin_input_shapes(model, parse_data_input_config(data_input_config))
+    _unsize_dynamic_dims(model)
     check_operators(model)
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
@@ -60,6 +61,8 @@ def pin_input_shapes(model: onnx.ModelProto, wanted: list[TensorSpec] | None) ->
     graph_inputs = [i for i in model.graph.input if i.name not in initializers]
     declared = {i.name: i for i in graph_inputs}
     hint = "set DataInputConfig to " + _config_example(graph_inputs)
+    if any(not isinstance(_declared_dim(d), int) for v in graph_inputs for d in v.type.tensor_type.shape.dim):
+        hint += " with your sizes in place of the 1s that stand for the model's dynamic dims"
     if wanted is not None:
         names = [w.name for w in wanted]
         unknown = [n for n in names if n not in declared]
@@ -77,7 +80,7 @@ def pin_input_shapes(model: onnx.ModelProto, wanted: list[TensorSpec] | None) ->
         tensor_type = value.type.tensor_type
         dims = tensor_type.shape.dim
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
-        model_shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+        model_shape = [_declared_dim(d) for d in dims]
         if value.name in by_name:
             shape = by_name[value.name].shape
             if len(shape) != len(dims) or any(
@@ -143,11 +146,29 @@ def output_specs(reference, inputs: list[TensorSpec], names: list[str] | None = 
     return [TensorSpec(n, tuple(o.shape), o.dtype.name) for n, o in zip(names, outputs)]
 
 
+def _declared_dim(dim) -> int | str:
+    """A dim as the model declares it: a size, or its symbol ("?" when unnamed). Exporters such as paddle2onnx
+    write -1 (or 0) as dim_value for a dynamic dim: that is a symbol too, not a size."""
+    if dim.HasField("dim_value") and dim.dim_value > 0:
+        return dim.dim_value
+    return dim.dim_param or "?"
+
+
+def _unsize_dynamic_dims(model: onnx.ModelProto) -> None:
+    """Turn -1/0 dim_values on outputs and value_info into unnamed dims, so that shape inference fills them
+    in from the pinned inputs instead of finding the two in conflict."""
+    for value in (*model.graph.output, *model.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value <= 0:
+                dim.Clear()
+
+
 def _config_example(graph_inputs) -> str:
-    shapes = {
-        i.name: [d.dim_value if d.HasField("dim_value") else 1 for d in i.type.tensor_type.shape.dim]
-        for i in graph_inputs
-    }
+    """A DataInputConfig for these inputs: their fixed sizes, with 1 standing in for each dynamic dim."""
+    shapes = {}
+    for value in graph_inputs:
+        dims = [_declared_dim(d) for d in value.type.tensor_type.shape.dim]
+        shapes[value.name] = [d if isinstance(d, int) else 1 for d in dims]
     return json.dumps(shapes)
 
 
