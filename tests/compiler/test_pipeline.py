@@ -12,6 +12,7 @@ from onnx import TensorProto
 from onnx.helper import make_node, make_tensor_value_info
 
 from modelkiln.compiler import CompileJob, compile_job
+from modelkiln.compiler.report import render_text
 from modelkiln.errors import CompilationError, ValidationError
 from modelkiln.runtime import Model
 
@@ -79,10 +80,23 @@ def test_armv7_is_not_run_and_says_what_was_checked(models, tmp_path, target, tr
     report = compile_cnn(models, tmp_path, **target)
     winner = report.winner()
     assert winner.backend == "iree"
-    assert winner.check.status == "not run on target arch"
+    assert winner.check.status == "checked: host twin"
     assert "checked instead" in winner.check.detail and "arm ELF32" in winner.check.detail
     assert "debug-symbols=false" in winner.command and f"--iree-llvmcpu-target-triple={triple}" in winner.command
-    assert "verified" not in json.dumps(json.loads((tmp_path / "report.json").read_text())["candidates"][0]["check"])
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert "verified" not in json.dumps(saved["candidates"][0]["check"]) and saved["verified"] is False
+    assert "Verified  no: checked: host twin" in render_text(report)
+
+
+def test_require_run_fails_a_job_whose_artifact_could_only_be_checked(models, tmp_path):
+    with pytest.raises(CompilationError) as err:
+        compile_cnn(models, tmp_path / "armv7", target_device="rasp3b", compiler_options='{"kiln-require-run": true}')
+    assert "could run on its target's architecture" in err.value.message and "checked: host twin" in err.value.message
+    assert "drop kiln-require-run" in err.value.hint
+    report = compile_cnn(models, tmp_path / "a72", target_device="rasp4b",
+                         compiler_options='{"kiln-require-run": true, "kiln-backend": "onnxruntime"}')
+    assert report.verified and "qemu" in report.winner().check.ran_on
+    assert "Verified  yes: the artifact ran on qemu-user" in render_text(report)
 
 
 def test_target_platform_and_pinned_backend(models, tmp_path):
@@ -135,7 +149,7 @@ def test_i686_is_built_and_checked_by_a_host_twin(models, tmp_path, target):
     report = compile_cnn(models, tmp_path, **target)
     winner = report.winner()
     assert winner.backend == "iree" and "--iree-llvmcpu-target-triple=i686-linux-gnu" in winner.command
-    assert winner.check.status == "not run on target arch"
+    assert winner.check.status == "checked: host twin"
     assert "i686 module's kernels were checked to be x86 ELF32 code" in winner.check.detail
 
 
@@ -176,7 +190,7 @@ def test_int64_inputs_are_sampled_as_valid_indices(tmp_path):
     report = compile_job(CompileJob(model=tar_gz(tmp_path / "m.tar.gz", path), framework="ONNX",
                                     output_dir=tmp_path / "out", target_device="ml_c5"))
     assert report.inputs == [{"name": "ids", "shape": [1, 6], "dtype": "int64"}]
-    assert all(c.status in ("selected", "verified") for c in report.candidates)
+    assert all(c.status in ("selected", "passed") for c in report.candidates)
 
 
 def test_operator_iree_cannot_convert_is_named_and_another_backend_ships(tmp_path):

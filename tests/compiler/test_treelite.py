@@ -50,7 +50,7 @@ def test_xgboost_json_on_x86_every_eligible_backend(tmp_path, data):
     by_name = {c.backend: c for c in report.candidates}
     assert list(by_name) == ["treelite", "onnxruntime", "openvino", "iree"]  # the catalog's tree order
     for name in ("treelite", "onnxruntime"):
-        assert by_name[name].status in ("selected", "verified") and by_name[name].check.ran_on == "host (x86_64)"
+        assert by_name[name].status in ("selected", "passed") and by_name[name].check.ran_on == "host (x86_64)"
         assert by_name[name].check.max_rel_err <= 1e-5 and by_name[name].latency_ms > 0
     for name in ("openvino", "iree"):
         assert by_name[name].status == "skipped" and "TreeEnsembleClassifier" in by_name[name].reason
@@ -100,7 +100,7 @@ def test_aarch64_library_is_cross_compiled_and_verified_under_qemu(tmp_path, dat
     assert "aarch64-linux-gnu-gcc" in winner.command and "-mcpu=cortex-a72" in winner.command
     with tarfile.open(out / "model.tar.gz") as tar:
         library = tar.extractfile("compiled.so").read()
-    assert embedded_elf_arches(library[:64]) == {("aarch64", 2)}
+    assert embedded_elf_arches(library) == {("aarch64", 2)}
     with pytest.raises(ArtifactError, match="built for aarch64"):
         Model(out / "model.tar.gz")
 
@@ -111,7 +111,7 @@ def test_armv7_is_checked_by_a_host_twin_and_its_elf_class(tmp_path, data):
                 tmp_path / "forest.pkl")
     report = compile_file(tmp_path / "forest.pkl", "SKLEARN", tmp_path / "out", target_device="rasp3b")
     winner = report.winner()
-    assert winner.backend == "treelite" and winner.check.status == "not run on target arch"
+    assert winner.backend == "treelite" and winner.check.status == "checked: host twin"
     assert "arm ELF32" in winner.check.detail and winner.check.max_rel_err <= 1e-6
 
 
@@ -121,7 +121,7 @@ def test_sklearn_forest_and_pipeline_on_x86(tmp_path, data):
     forest = RandomForestClassifier(n_estimators=10, max_depth=5, random_state=0).fit(x, three)
     joblib.dump(forest, tmp_path / "forest.joblib")
     report = compile_file(tmp_path / "forest.joblib", "SKLEARN", tmp_path / "f", target_device="ml_c5")
-    assert {c.backend: c.status for c in report.candidates}["treelite"] in ("selected", "verified")
+    assert {c.backend: c.status for c in report.candidates}["treelite"] in ("selected", "passed")
     fresh = np.nan_to_num(rows(300))
     np.testing.assert_allclose(Model(tmp_path / "f" / "model.tar.gz").run(fresh)[0], forest.predict_proba(fresh),
                                rtol=1e-5, atol=1e-6)

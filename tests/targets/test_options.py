@@ -153,3 +153,25 @@ def test_absent_options_give_defaults(text):
     assert options.precision == "float32" and options.input_dtype is None
     assert options.backend is None
     assert options.recorded == {}
+
+
+@pytest.mark.parametrize("text, value", [
+    ('{"kiln-forward-args": {"sr": 16000}}', {"sr": 16000}),
+    ("{'kiln-forward-args': {'sr': 8000, 'mode': 'fast', 'scales': (1.0, 0.5), 'window': None}}",
+     {"sr": 8000, "mode": "fast", "scales": [1.0, 0.5], "window": None}),
+    ('{"kiln-forward-args": [16000, true]}', [16000, True]),
+])
+def test_kiln_forward_args_are_recorded_for_the_pytorch_frontend(text, value):
+    assert parse_compiler_options(text).recorded == {"kiln-forward-args": value}
+
+
+@pytest.mark.parametrize("value, field", [
+    ("16000", "kiln-forward-args"),
+    ('"sr=16000"', "kiln-forward-args"),
+    ('{"sr": {"hz": 16000}}', "kiln-forward-args.sr"),
+    ('{"sizes": [[1, 2]]}', "kiln-forward-args.sizes"),
+    ('{"2sr": 16000}', "kiln-forward-args"),
+    ('[16000, {"a": 1}]', "kiln-forward-args[1]"),
+])
+def test_bad_kiln_forward_args_name_the_field(value, field):
+    assert _error('{"kiln-forward-args": %s}' % value).field == f"OutputConfig.CompilerOptions.{field}"

@@ -14,23 +14,23 @@ SHORT = {"TENSORFLOW": "TF", "KERAS": "Keras", "MXNET": "MXNet", "ONNX": "ONNX",
 
 
 GPU_CHECKS = {
-    "cuda": "GPU where one is present; else not run: PTX assembled by ptxas + host-twin build checked",
-    "vulkan": "lavapipe: the artifact runs on Mesa's Vulkan driver on the CPU",
-    "opencl": "not run as a whole: its OpenCL kernels run on PoCL, operator by operator + host-twin build checked",
+    "cuda": "verified on a CUDA GPU where one is present; else *checked: PTX + host twin* (ptxas assembles the PTX)",
+    "vulkan": "verified on lavapipe: the artifact runs on Mesa's Vulkan driver on the CPU",
+    "opencl": "*checked: PoCL kernels + host twin*: not run as a whole; its OpenCL kernels run on PoCL, op by op",
 }
 
 
 def check_method(target: Target) -> str:
     """How Kiln checks artifacts for this target on an x86-64 build host."""
     if target.device_type == "coreml":
-        return "not run (Core ML needs macOS): the package's spec is checked against the request"
+        return "*checked: spec only* (Core ML needs macOS): the package's spec is checked against the request"
     if target.gpu:
         return GPU_CHECKS[target.gpu.api]
     if target.arch == "x86_64":
-        return "native: every backend verified and timed"
+        return "verified natively: every backend run and timed"
     if target.arch in QEMU:
-        return "qemu-user: each candidate run with its own aarch64 runtime"
-    return "not run on target: host-twin build checked"
+        return "verified under qemu-user: each candidate run with its own aarch64 runtime"
+    return "*checked: host twin*: not run; the same backend's build for this CPU runs, the target's ELF is checked"
 
 
 def runs_on(target: Target) -> str:

@@ -21,14 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from modelkiln import __version__
-from modelkiln.compiler import coreml, emulation
+from modelkiln.compiler import check_inputs, coreml, emulation
 from modelkiln.compiler.archive import extract_model
 from modelkiln.compiler.backends import BACKENDS, Backend, BackendOutput, GpuBackend
 from modelkiln.compiler.package import build_meta, write_artifact
 from modelkiln.compiler.report import Candidate, Report
 from modelkiln.compiler.verify import (
-    KILN_ARCH_ELF, TOLERANCE, Check, compare, embedded_elf_arches, host_can_run, median_latencies_ms, sample_inputs,
+    HOST_TWIN, KILN_ARCH_ELF, OPENCL_TWIN, POCL_TWIN, PTX_TWIN, SAME_FILE, SPEC_ONLY, TOLERANCE, Check, compare,
+    embedded_elf_arches, host_can_run, median_latencies_ms,
 )
+from modelkiln.compiler.check_inputs import INPUTS_FILE, CheckInputs
 from modelkiln.errors import CompilationError, KilnError
 from modelkiln.frontends import ConvertedModel, check_framework, check_framework_version, frontend_for
 from modelkiln.runtime.executors import Executor, open_executor
@@ -57,8 +59,7 @@ class _Context:
     target: Target
     options: CompilerOptions
     model: ConvertedModel
-    feeds: dict[str, np.ndarray]
-    expected: list[np.ndarray]  # the source framework's outputs on feeds
+    inputs: CheckInputs  # the samples every candidate runs on, and the source framework's outputs on them
     native: bool
     progress: Progress
     executors: dict[str, Executor] = dataclasses.field(default_factory=dict)  # verified, on this host
@@ -86,10 +87,9 @@ def compile_job(job: CompileJob, progress: Progress = lambda stage, msg: None) -
         with _stage("convert", stages, progress, f"reading the {job.framework} model"):
             model = frontend_for(job.framework)(model_dir, job.data_input_config, options.input_dtype,
                                                 options.recorded)
-            feeds = sample_inputs(model.inputs)
-            expected = model.reference(feeds)
+            inputs = check_inputs.prepare(model, model_dir)
         native = host_can_run(target)
-        ctx = _Context(target, options, model, feeds, expected, native, progress)
+        ctx = _Context(target, options, model, inputs, native, progress)
         order = target.backends_for(trees=model.tree_model is not None)
         if not order:
             raise CompilationError("compile", f"{target.name} runs models on its GPU, and tree ensembles "
@@ -98,7 +98,7 @@ def compile_job(job: CompileJob, progress: Progress = lambda stage, msg: None) -
         candidates = [Candidate(name, BACKENDS[name].version()) for name in order]
         with _stage("compile", stages, progress, f"{len(candidates)} candidate(s) for {target.name}"):
             for cand in candidates:
-                if not native and any(c.status == "verified" for c in candidates):
+                if not native and any(c.check and c.check.ran for c in candidates):
                     cand.status, cand.reason = "not tried", "an earlier backend in the catalog's order verified"
                     continue
                 _try_candidate(ctx, cand, work / cand.backend)
@@ -112,7 +112,7 @@ def compile_job(job: CompileJob, progress: Progress = lambda stage, msg: None) -
             inputs=[i.as_meta() for i in model.inputs], outputs=[o.as_meta() for o in model.outputs],
             candidates=candidates, selected=winner.backend, selection=how, converters=model.converters,
             notes=[n for n in (target.note, *model.notes, _version_note(job, model.framework_version)) if n], stages_s=stages,
-            kiln_version=__version__,
+            kiln_version=__version__, check_inputs=inputs.described,
         )
         with _stage("package", stages, progress, f"writing {job.output_dir / 'model.tar.gz'}"):
             meta = json.loads((work / winner.backend / "compiled.meta").read_text())
@@ -140,8 +140,8 @@ def _compile_coreml(job: CompileJob, target: Target, options: CompilerOptions, s
         version = result.converters.get("coremltools", "")
         size = sum(f.stat().st_size for f in (work / "out").rglob("*") if f.is_file())
         cand = Candidate("coremltools", version, status="selected", compile_s=result.seconds, size_bytes=size,
-                         check=Check("not run: needs macOS", "spec check on this host", TOLERANCE[options.precision],
-                                     detail=checked), command=result.command, notes=result.notes)
+                         check=Check(SPEC_ONLY, "spec check on this host (Core ML needs macOS)",
+                                     TOLERANCE[options.precision], detail=checked), command=result.command, notes=result.notes)
         report = Report(
             framework=job.framework, framework_version=result.framework_version,
             target={"name": target.name, "arch": target.arch, "triple": "", "mcpu": target.mcpu, "mattr": [],
@@ -192,8 +192,7 @@ def _try_candidate(ctx: _Context, cand: Candidate, workdir: Path) -> None:
     try:
         if ctx.native:
             executor = open_executor(workdir, meta)
-            cand.check = compare(executor.run(_ordered(ctx)), ctx.expected, TOLERANCE[ctx.options.precision],
-                                 f"host ({host_arch()})")
+            cand.check = _check_samples(ctx, executor.run, f"host ({host_arch()})")
             if cand.check.passed:
                 ctx.executors[cand.backend] = executor
         elif ctx.target.gpu:
@@ -202,7 +201,7 @@ def _try_candidate(ctx: _Context, cand: Candidate, workdir: Path) -> None:
             cand.check = _verify_foreign(ctx, backend, output, meta, workdir)
     except Exception as exc:  # a crash in one candidate's runtime must not end the job
         cand.check = Check("error", "host", TOLERANCE[ctx.options.precision], detail=_brief(exc))
-    cand.status = "verified" if cand.check.passed else "rejected"
+    cand.status = "passed" if cand.check.passed else "rejected"
     if not cand.check.passed:
         cand.reason = cand.check.detail or (
             f"max rel err {cand.check.max_rel_err:.2e} > tolerance {cand.check.tolerance:.0e}"
@@ -213,7 +212,7 @@ def _time_candidates(ctx: _Context, candidates: list[Candidate]) -> None:
     """Time every verified candidate on this host, all cores, as the runtime runs by default."""
     if not ctx.executors:
         return
-    latencies = median_latencies_ms(ctx.executors, _ordered(ctx))
+    latencies = median_latencies_ms(ctx.executors, _ordered(ctx, ctx.inputs.samples[0]))
     for cand in candidates:
         if cand.backend in latencies:
             cand.latency_ms, cand.threads = round(latencies[cand.backend], 3), os.cpu_count()
@@ -222,23 +221,20 @@ def _time_candidates(ctx: _Context, candidates: list[Candidate]) -> None:
 
 def _verify_foreign(ctx: _Context, backend: Backend, output: BackendOutput, meta: dict, workdir: Path) -> Check:
     """Check a candidate this host cannot run natively: emulate it, or check what can be checked."""
-    tolerance = TOLERANCE[ctx.options.precision]
-    inputs = _ordered(ctx)
     if backend.emulated_in_python:  # the target arch's Python runs Kiln's runtime on the artifact
         python = emulation.find_python_emulator(ctx.target.arch, backend.runtime_requirement())
         if isinstance(python, emulation.PythonEmulator):
-            outputs = emulation.run_runtime(python, workdir, meta, inputs)
-            return compare(outputs, ctx.expected, tolerance, python.describe())
+            return _check_samples(ctx, lambda x: emulation.run_runtime(python, workdir, meta, x), python.describe())
         if not backend.portable:  # native code for another CPU: check a build of it for this host
             return _host_twin_check(ctx, backend, workdir / output.files[0], python)
-        check = compare(open_executor(workdir, meta).run(inputs), ctx.expected, tolerance,
-                        f"host ({host_arch()}), same bytes")
-        return _not_on_target(check, f"{python}; the identical {output.files[0]} ran on this host's {backend.name}")
+        check = _check_samples(ctx, open_executor(workdir, meta).run, f"host ({host_arch()}), same bytes")
+        return _not_on_target(check, SAME_FILE,
+                              f"{python}; the identical {output.files[0]} ran on this host's {backend.name}")
     emulator = emulation.find_emulator(ctx.target.arch)
     if isinstance(emulator, emulation.Emulator):
-        outputs = emulation.run_iree(emulator, workdir / output.files[0], meta["Backend"]["Entry"], inputs,
-                                     len(ctx.model.outputs))
-        return compare(outputs, ctx.expected, tolerance, emulator.describe())
+        module, entry, count = workdir / output.files[0], meta["Backend"]["Entry"], len(ctx.model.outputs)
+        return _check_samples(ctx, lambda x: emulation.run_iree(emulator, module, entry, x, count),
+                              emulator.describe())
     return _host_twin_check(ctx, backend, workdir / output.files[0], emulator)
 
 
@@ -249,8 +245,7 @@ def _verify_gpu(ctx: _Context, backend: GpuBackend, output: BackendOutput, meta:
     assert gpu is not None
     device = backend.gpu_device(gpu.api)
     if device:
-        outputs = emulation.run_isolated(workdir, meta, _ordered(ctx))
-        check = compare(outputs, ctx.expected, TOLERANCE[ctx.options.precision], f"{gpu.api} device: {device}")
+        check = _check_samples(ctx, lambda x: emulation.run_isolated(workdir, meta, x), f"{gpu.api} device: {device}")
         others = [c for c in gpu.codes if c != gpu.code]
         if check.status == "mismatch" and not check.detail and others:
             check.detail = (f"max rel err {check.max_rel_err:.2e} > tolerance {check.tolerance:.0e} on {device} with "
@@ -267,24 +262,25 @@ def _verify_gpu(ctx: _Context, backend: GpuBackend, output: BackendOutput, meta:
     kernels = _kernel_check(ctx, backend)
     if kernels.status == "mismatch":
         return kernels
+    status = PTX_TWIN if gpu.api == "cuda" else POCL_TWIN if kernels.ran else OPENCL_TWIN
     return dataclasses.replace(
-        check, status="not run on a GPU",
+        check, status=status,
         detail=f"no {gpu.api} device on this machine; checked instead: the same model compiled by {backend.name} "
         f"for this host's CPU ran within tolerance; the device code: {static}; " + (
             f"its kernels ran on {kernels.ran_on}, and matched (max rel err {kernels.max_rel_err:.1e})"
-            if kernels.status == "verified" else f"its kernels were not run ({kernels.detail})"))
+            if kernels.ran else f"its kernels were not run ({kernels.detail})"))
 
 
 def _kernel_check(ctx: _Context, backend: GpuBackend) -> Check:
     """The GPU kernels run on a stand-in device (TVM's OpenCL kernels on PoCL), compared with the framework."""
     tolerance = TOLERANCE[ctx.options.precision]
     try:
-        ran = backend.run_kernels(_form(backend, ctx.model), ctx.target, _ordered(ctx))
+        ran = backend.run_kernels(_form(backend, ctx.model), ctx.target, _ordered(ctx, ctx.inputs.samples[0]))
     except Exception as exc:  # a stand-in that cannot take this model is a gap in the check, not a failure
         return Check("error", "kernels", tolerance, detail=_brief(exc))
     if isinstance(ran, str):
         return Check("error", "kernels", tolerance, detail=ran)
-    check = compare(ran[0], ctx.expected, tolerance, ran[1])
+    check = compare(ran[0], ctx.inputs.expected[0], tolerance, ran[1])
     if check.status == "mismatch" and not check.detail:
         check.detail = (f"the {ctx.target.gpu.code} kernels computed outputs {check.max_rel_err:.2e} from the "
                         f"framework's (tolerance {tolerance:.0e}) on {ran[1]}")
@@ -298,8 +294,7 @@ def _twin_check(ctx: _Context, backend: Backend) -> Check:
     with tempfile.TemporaryDirectory(prefix="kiln-twin-") as tmp:
         out = backend.compile(_form(backend, ctx.model), twin, ctx.options, Path(tmp))
         meta = build_meta(twin, ctx.model, backend, out, ctx.options)
-        return compare(open_executor(Path(tmp), meta).run(_ordered(ctx)), ctx.expected,
-                       TOLERANCE[ctx.options.precision], f"host twin ({host_arch()})")
+        return _check_samples(ctx, open_executor(Path(tmp), meta).run, f"host twin ({host_arch()})")
 
 
 def _host_twin_check(ctx: _Context, backend: Backend, module: Path, why_not: str) -> Check:
@@ -312,20 +307,32 @@ def _host_twin_check(ctx: _Context, backend: Backend, module: Path, why_not: str
         return Check("mismatch", "static check", check.tolerance,
                      detail=f"the module's kernels are {sorted(kernels)}, expected only {machine} ELF{32 * elf_class}")
     return _not_on_target(
-        check, f"{why_not}; instead the same model was compiled by {backend.name} with the same options "
+        check, HOST_TWIN, f"{why_not}; instead the same model was compiled by {backend.name} with the same options "
         f"for {host_arch()} and that build ran here, and the {ctx.target.arch} module's kernels were "
         f"checked to be {machine} ELF{32 * elf_class} code",
     )
 
 
-def _not_on_target(check: Check, instead: str) -> Check:
-    if check.status != "verified":
+def _not_on_target(check: Check, status: str, instead: str) -> Check:
+    """A check that ran something other than the artifact on its target: status says what, detail why."""
+    if not check.ran:
         return check
-    return dataclasses.replace(check, status="not run on target arch", detail=f"checked instead: {instead}")
+    return dataclasses.replace(check, status=status, detail=f"checked instead: {instead}")
 
 
 def _select(candidates: list[Candidate], ctx: _Context) -> tuple[Candidate, str]:
-    ok = [c for c in candidates if c.status == "verified"]
+    """The fastest (natively) or first (catalog order) candidate that passed, preferring one whose artifact ran
+    over one only checked by proxy; kiln-require-run refuses a proxy."""
+    passed = [c for c in candidates if c.status == "passed"]
+    ran = [c for c in passed if c.check and c.check.ran]
+    ok = ran or passed
+    if passed and not ran and ctx.options.require_run:
+        checks = "; ".join(f"{c.backend}: {c.check.status} ({c.check.detail})" for c in passed if c.check)
+        raise CompilationError(
+            "verify", f"no artifact for {ctx.target.name} could run on its target's architecture here, and "
+            f"CompilerOptions kiln-require-run is true; what was checked instead: {checks}",
+            "drop kiln-require-run to ship an artifact checked by these proxies, or choose a target whose "
+            "artifacts Kiln can run (see `kiln targets`, column \"Checked by\").")
     if not ok:
         summary = "; ".join(f"{c.backend}: {c.status} ({c.reason})" for c in candidates)
         raise CompilationError(
@@ -370,8 +377,25 @@ def _form(backend: Backend, model: ConvertedModel):
     return model.tree_model if "treelite" in backend.forms else model.onnx_model
 
 
-def _ordered(ctx: _Context) -> list[np.ndarray]:
-    return [ctx.feeds[i.name] for i in ctx.model.inputs]
+def _ordered(ctx: _Context, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return [feeds[i.name] for i in ctx.model.inputs]
+
+
+def _check_samples(ctx: _Context, run: Callable[[list[np.ndarray]], list[np.ndarray]], ran_on: str) -> Check:
+    """Run every check sample through run and compare it with the source's outputs: the first sample that
+    does not match, else the check with the largest error."""
+    worst: Check | None = None
+    for index, (feeds, expected) in enumerate(zip(ctx.inputs.samples, ctx.inputs.expected)):
+        check = compare(run(_ordered(ctx, feeds)), expected, TOLERANCE[ctx.options.precision], ran_on)
+        if not check.ran:
+            if index:
+                check.detail = (check.detail or f"max rel err {check.max_rel_err:.2e} > tolerance "
+                                f"{check.tolerance:.0e}") + f" on sample {index - 1} of {INPUTS_FILE}"
+            return check
+        if worst is None or (check.max_rel_err or 0.0) > (worst.max_rel_err or 0.0):
+            worst = check
+    assert worst is not None
+    return worst
 
 
 def _brief(exc: BaseException) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from modelkiln.compiler.verify import INPUTS_USED, Check
+from modelkiln.compiler.verify import Check
 
 
 @dataclass
@@ -13,7 +13,7 @@ class Candidate:
 
     backend: str
     version: str = ""
-    status: str = "pending"  # selected | verified | rejected | failed | skipped | not tried
+    status: str = "pending"  # selected | passed (its check: verified or a proxy) | rejected | failed | skipped | not tried
     reason: str = ""
     compile_s: float | None = None
     size_bytes: int | None = None
@@ -40,13 +40,19 @@ class Report:
     artifact: str | None = None
     artifact_sha256: str | None = None
     kiln_version: str = ""
-    check_inputs: str = INPUTS_USED  # what the candidates and the source model were run on
+    check_inputs: str = ""  # what the candidates and the source model were run on
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "verified": self.verified}
 
     def winner(self) -> Candidate | None:
         return next((c for c in self.candidates if c.backend == self.selected), None)
+
+    @property
+    def verified(self) -> bool:
+        """The shipped artifact itself ran on its target's architecture and matched the source."""
+        winner = self.winner()
+        return bool(winner and winner.check and winner.check.ran)
 
 
 def render_text(report: Report) -> str:
@@ -72,6 +78,10 @@ def render_text(report: Report) -> str:
     winner = report.winner()
     if winner:
         lines.append(f"Selected  {winner.backend}: {report.selection}")
+    if winner and winner.check:
+        chk = winner.check
+        lines.append(f"Verified  yes: the artifact ran on {chk.ran_on} and matched" if chk.ran else
+                     f"Verified  no: {chk.status} ({chk.detail})")
     for note in report.notes + (winner.notes if winner else []):
         lines.append(f"Note      {note}")
     if report.artifact:

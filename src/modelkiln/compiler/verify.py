@@ -2,29 +2,46 @@
 from __future__ import annotations
 
 import statistics
+import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from modelkiln.frontends import TensorSpec
+from modelkiln.frontends.base import Quantization
 from modelkiln.runtime.executors import Executor
 from modelkiln.runtime.model import host_arch, host_cpu_flags
 from modelkiln.targets import Target
 
 # Allowed error, relative to the largest reference magnitude of each output.
 TOLERANCE = {"float32": 1e-3, "float16": 3e-2, "bfloat16": 3e-2}
+QUANT_STEPS = 2  # allowed error of a quantized output, in its quantization steps, whatever the precision
 SEED = 20261122
 SAMPLE_ROWS = 256  # rows drawn for a free (-1) row dimension: tree models
 INPUTS_USED = (f"one sample of each input, seed {SEED}: floats from a standard normal, "
                f"integers and bools uniform in {{0, 1}}; {SAMPLE_ROWS} rows where the row count is free")
 
 
+# A check's status. "verified": the artifact itself ran on its target's architecture (natively, under
+# qemu-user, or on a device of its GPU API) and matched the source framework. Where it could not run here,
+# the status says what stood in for that run; all such statuses start with CHECKED.
+VERIFIED = "verified"
+CHECKED = "checked: "
+SAME_FILE = CHECKED + "same file on host"  # the identical portable file ran on this host's runtime
+HOST_TWIN = CHECKED + "host twin"  # the same backend's build for this CPU ran; the target module's ELF checked
+PTX_TWIN = CHECKED + "PTX + host twin"  # ptxas assembled the PTX for the GPU; a host build ran
+POCL_TWIN = CHECKED + "PoCL kernels + host twin"  # the OpenCL kernels ran on PoCL op by op; a host build ran
+OPENCL_TWIN = CHECKED + "OpenCL build + host twin"  # PoCL built the kernels (not run); a host build ran
+SPEC_ONLY = CHECKED + "spec only"  # Core ML: the package's spec against the request; nothing computed
+
+
 @dataclass
 class Check:
     """How a candidate was checked: where it ran and how far it was from the reference."""
 
-    status: str  # verified | mismatch | error | not run on target arch | not run on a GPU | not run: needs macOS
+    status: str  # VERIFIED | a CHECKED status | mismatch | error
     ran_on: str  # e.g. "host (x86_64)", "qemu-user (aarch64)"
     tolerance: float
     max_abs_err: float | None = None
@@ -34,7 +51,12 @@ class Check:
     @property
     def passed(self) -> bool:
         """Within tolerance, on the target arch or by the checks that stand in for it."""
-        return self.status == "verified" or self.status.startswith("not run")
+        return self.ran or self.status.startswith(CHECKED)
+
+    @property
+    def ran(self) -> bool:
+        """The artifact itself ran on its target's architecture and matched."""
+        return self.status == VERIFIED
 
 
 def host_can_run(target: Target) -> bool:
@@ -59,11 +81,17 @@ def sample_inputs(specs: list[TensorSpec], seed: int = SEED) -> dict[str, np.nda
     return feeds
 
 
-def compare(outputs: list[np.ndarray], reference: list[np.ndarray], tolerance: float, ran_on: str) -> Check:
-    """Max abs and relative error over all outputs; relative = abs / max |reference| per output."""
+def compare(outputs: list[np.ndarray], reference: list[np.ndarray], tolerance: float, ran_on: str,
+            quantization: Sequence[Quantization | None] | None = None) -> Check:
+    """Max abs and relative error over all outputs; relative = abs / max |reference| per output. A quantized
+    output (quantization[i], else carried by its reference array) is allowed QUANT_STEPS of its steps instead:
+    integer kernels round differently, and one step can be a large share of a small output."""
     if len(outputs) != len(reference):
         return Check("mismatch", ran_on, tolerance, detail=f"{len(outputs)} outputs, reference has {len(reference)}")
+    if quantization is None:
+        quantization = [getattr(ref, "quantization", None) for ref in reference]
     worst_abs = worst_rel = 0.0
+    failed, quantized = [], []
     for i, (out, ref) in enumerate(zip(outputs, reference)):
         if tuple(out.shape) != tuple(ref.shape):
             return Check("mismatch", ran_on, tolerance,
@@ -76,8 +104,20 @@ def compare(outputs: list[np.ndarray], reference: list[np.ndarray], tolerance: f
         scale = float(np.nan_to_num(np.abs(ref64)).max()) if ref64.size else 0.0
         worst_abs = max(worst_abs, err)
         worst_rel = max(worst_rel, err / max(scale, 1e-6))
-    status = "verified" if worst_rel <= tolerance else "mismatch"
-    return Check(status, ran_on, tolerance, worst_abs, worst_rel)
+        quant = quantization[i] if i < len(quantization) else None
+        if quant is None:
+            if err / max(scale, 1e-6) > tolerance:
+                failed.append(f"output {i} max rel err {err / max(scale, 1e-6):.2e} > tolerance {tolerance:.0e}")
+            continue
+        step = quant.step(ref.dtype.name)
+        quantized.append(f"output {i} allowed {QUANT_STEPS} quantization steps of {step:.3g} "
+                         f"(= {QUANT_STEPS * step:.3g} absolute), off by {err / step:.3g}")
+        if err > QUANT_STEPS * step * (1 + 1e-9):
+            failed.append(f"output {i} is {err / step:.3g} quantization steps of {step:.3g} from the reference "
+                          f"(allowed {QUANT_STEPS})")
+    # Without quantized outputs the detail stays empty: callers word a plain tolerance miss themselves.
+    detail = "; ".join([*failed, "tolerance is quantization-aware: " + ", ".join(quantized)]) if quantized else ""
+    return Check("mismatch" if failed else "verified", ran_on, tolerance, worst_abs, worst_rel, detail)
 
 
 ELF_MACHINES = {3: "x86", 62: "x86_64", 40: "arm", 183: "aarch64"}
@@ -85,14 +125,37 @@ KILN_ARCH_ELF = {"x86_64": ("x86_64", 2), "aarch64": ("aarch64", 2), "armv7": ("
 
 
 def embedded_elf_arches(data: bytes) -> set[tuple[str, int]]:
-    """(machine, ELF class) of every ELF image embedded in a file, e.g. the kernels inside a .vmfb."""
+    """(machine, ELF class) of every ELF image embedded in a file, e.g. the kernels inside a .vmfb: each
+    "\\x7fELF" is taken only where a whole, consistent ELF header and section table follow it, so bytes of
+    weights that happen to spell the magic are not mistaken for code."""
     found = set()
     start = data.find(b"\x7fELF")
-    while start != -1 and start + 20 <= len(data):
-        machine = int.from_bytes(data[start + 18:start + 20], "little")
-        found.add((ELF_MACHINES.get(machine, str(machine)), data[start + 4]))
+    while start != -1:
+        image = _elf_header(data, start)
+        if image:
+            found.add(image)
         start = data.find(b"\x7fELF", start + 4)
     return found
+
+
+def _elf_header(data: bytes, start: int) -> tuple[str, int] | None:
+    """(machine, class) of a little-endian ELF image at start, or None when the header does not check out:
+    class, encoding and version fields, header sizes, and a section table that lies inside the file."""
+    header = data[start:start + 64]
+    if len(header) < 52 or header[4] not in (1, 2) or header[5] != 1 or header[6] != 1:
+        return None
+    wide = header[4] == 2
+    layout = "<HHIQQQIHHHHHH" if wide else "<HHIIIIIHHHHHH"
+    size = struct.calcsize(layout)
+    if len(header) < 16 + size:
+        return None
+    (e_type, machine, version, _entry, _phoff, shoff, _flags, ehsize, _phentsize, _phnum, shentsize, shnum,
+     _shstrndx) = struct.unpack_from(layout, header, 16)
+    if e_type not in (1, 2, 3) or version != 1 or ehsize != (64 if wide else 52):
+        return None
+    if shnum and (shentsize != (64 if wide else 40) or start + shoff + shnum * shentsize > len(data)):
+        return None
+    return ELF_MACHINES.get(machine, str(machine)), header[4]
 
 
 def median_latencies_ms(executors: dict[str, Executor], inputs: list[np.ndarray], budget_s: float = 3.0,

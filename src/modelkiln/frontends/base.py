@@ -2,6 +2,7 @@
 plus a way to run the source model."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,15 +17,52 @@ Feeds = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
+class Quantization:
+    """How a quantized tensor's integers map to real numbers: real = scale * (q - zero_point)."""
+
+    scale: float
+    zero_point: int
+    dtype: str  # the integer type of the quantized values, e.g. "int8"
+
+    def step(self, dtype: str) -> float:
+        """One quantization step in units of a tensor of dtype: 1 for the integers, scale once dequantized."""
+        return 1.0 if np.dtype(dtype).kind in "iu" else self.scale
+
+
+@dataclass(frozen=True)
 class TensorSpec:
     """One model input or output: name, shape (static; -1 only for the free row count of tree models), dtype."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str
+    # Set for quantized tensors, and for float outputs the model dequantizes from one (int8 TFLite models).
+    quantization: Quantization | None = None
 
     def as_meta(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        meta = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.quantization is not None:
+            meta["quantization"] = dataclasses.asdict(self.quantization)
+        return meta
+
+
+class QuantizedArray(np.ndarray):
+    """A reference output carrying its tensor's Quantization, so verification can allow whole quantization
+    steps (see verify.compare) where only the reference's outputs reach it."""
+
+    quantization: Quantization | None = None
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.quantization = getattr(obj, "quantization", None)
+
+
+def with_quantization(array: np.ndarray, quantization: Quantization | None) -> np.ndarray:
+    """array tagged with its tensor's quantization (unchanged when there is none)."""
+    if quantization is None:
+        return array
+    tagged = np.asarray(array).view(QuantizedArray)
+    tagged.quantization = quantization
+    return tagged
 
 
 @dataclass

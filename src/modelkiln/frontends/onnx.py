@@ -118,9 +118,13 @@ def check_operators(model: onnx.ModelProto) -> None:
 
 
 def onnxruntime_reference(model: onnx.ModelProto):
-    """A callable running the model with onnxruntime, the reference executor for ONNX."""
+    """A callable running the model with onnxruntime, the reference executor for ONNX, unoptimized."""
+    # Graph optimizations off: the reference must not share the onnxruntime candidate's fused kernels, or a
+    # bug in a fusion would be in both and go unseen.
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise CompilationError(
             "convert", f"onnxruntime, the reference for ONNX models, cannot load the model: {_first_line(exc)}",

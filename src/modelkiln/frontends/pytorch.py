@@ -2,13 +2,9 @@
 Reference: the TorchScript module (or the ExportedProgram's module) run by torch."""
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-import sys
-import warnings
+import copy
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +16,10 @@ from modelkiln.errors import CompilationError
 from modelkiln.frontends.base import ConvertedModel, Feeds, TensorSpec, exactly_one
 from modelkiln.frontends.input_config import FIELD, parse_data_input_config
 from modelkiln.frontends.onnx import check_operators, output_specs
-
-OPSET = 17
-TRACE_HINT = "save the model as TorchScript: torch.jit.trace(model.eval(), example_input).save('model.pth')"
+from modelkiln.frontends.pytorch_args import bind, call_args, describe, forward_params
+from modelkiln.frontends.pytorch_export import TRACE_HINT, example_inputs, export_program, to_onnx
+from modelkiln.frontends.pytorch_state import prepared, written_attributes
+from modelkiln.targets.options import FORWARD_ARGS
 
 
 def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None = None,
@@ -38,20 +35,38 @@ def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None
             f"set {FIELD}, e.g. [[1,3,224,224]] or {{\"input0\": [1,3,224,224]}}.",
         )
     module = _load_torchscript(path)
+    params = forward_params(module)
+    slots = bind(params, len(inputs), (frontend_options or {}).get(FORWARD_ARGS))
+    state = written_attributes(module)
+    notes = []
 
     def reference(feeds: Feeds) -> list[np.ndarray]:
-        with torch.no_grad():
-            out = module(*[torch.from_numpy(np.ascontiguousarray(feeds[i.name])) for i in inputs])
+        tensors = [torch.from_numpy(np.ascontiguousarray(feeds[i.name])) for i in inputs]
+        fresh = copy.deepcopy(module) if state else module  # each check is one call from the state at load
+        try:
+            with torch.no_grad():
+                out = fresh(*(tensors if slots is None else call_args(slots, tensors)))
+        except torch.jit.Error as exc:  # its first line is "The following operation failed ..."; the cause is last
+            raise RuntimeError(str(exc).strip().splitlines()[-1]) from None
         return [t.numpy() for t in _flatten(out)]
 
-    outputs = output_specs(reference, inputs)
-    model = _export(module, inputs, outputs)
-    check_operators(model)
+    outputs = output_specs(_on_example_inputs(reference, inputs), inputs)
+    exportable = module
+    if slots is not None or state:
+        exportable, folded = prepared(module, slots or list(range(len(inputs))), example_inputs(inputs))
+        if slots is not None and params is not None and describe(params, slots):
+            notes.append(f"forward() compiled for {describe(params, slots)} ({FORWARD_ARGS} and defaults).")
+        if state:
+            notes.append(f"forward() writes module state ({', '.join(state)}): compiled as one call from the state "
+                         "the file holds; the compiled model keeps no state between calls"
+                         + ("." if folded else " (the state's flow depends on the inputs; exported as written)."))
+    exported = to_onnx(exportable, inputs, outputs)
+    check_operators(exported.model)
     return ConvertedModel(
-        onnx_model=model, inputs=inputs, outputs=outputs, reference=reference, framework="PYTORCH",
+        onnx_model=exported.model, inputs=inputs, outputs=outputs, reference=reference, framework="PYTORCH",
         framework_version=None,  # TorchScript archives do not record the torch version that wrote them
         converters={"torch": torch.__version__.split("+")[0], "onnx": onnx.__version__},
-        notes=[f"TorchScript exported to ONNX opset {OPSET} with torch.onnx (TorchScript exporter)."],
+        notes=[exported.note, *notes],
     )
 
 
@@ -83,16 +98,11 @@ def _load_exported_program(path: Path, declared: list[TensorSpec] | None) -> Con
     outputs = output_specs(reference, inputs)
     example = tuple(torch.zeros(i.shape, dtype=getattr(torch, i.dtype)) for i in inputs)
     try:
-        with warnings.catch_warnings(), _native_output_silenced(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            exported = torch.onnx.export(program, example, dynamo=True, verbose=False,
-                                         input_names=[i.name for i in inputs],
-                                         output_names=[o.name for o in outputs])
+        model = export_program(program, example, {"input_names": [i.name for i in inputs],
+                                                  "output_names": [o.name for o in outputs]})
     except Exception as exc:
         raise CompilationError("convert", f"exporting {path.name} to ONNX failed: {str(exc).splitlines()[0][:400]}",
                                "check that torch.onnx supports every operator of the program.") from None
-    model = exported.model_proto
-    model.ir_version = min(model.ir_version, 10)  # what onnxruntime 1.31 loads
     check_operators(model)
     return ConvertedModel(
         onnx_model=model, inputs=inputs, outputs=outputs, reference=reference, framework="PYTORCH",
@@ -131,41 +141,10 @@ def _load_torchscript(path: Path) -> torch.jit.ScriptModule:
     return module.eval()
 
 
-def _export(module, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> onnx.ModelProto:
-    example = tuple(torch.zeros(i.shape, dtype=getattr(torch, i.dtype)) for i in inputs)
-    buffer = io.BytesIO()
-    try:
-        with warnings.catch_warnings(), _native_output_silenced():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module, example, buffer, input_names=[i.name for i in inputs],
-                output_names=[o.name for o in outputs], opset_version=OPSET, dynamo=False,
-            )
-    except torch.onnx.errors.UnsupportedOperatorError as exc:
-        raise CompilationError(
-            "convert", f"torch.onnx cannot convert an operator: {str(exc).splitlines()[0]}",
-            "rewrite that part of the model with supported operations, or register a custom ONNX symbolic.",
-        ) from None
-    except Exception as exc:
-        raise CompilationError(
-            "convert", f"exporting the TorchScript module to ONNX failed: {str(exc).splitlines()[0][:400]}",
-            TRACE_HINT + " (scripted control flow that depends on data cannot be compiled).",
-        ) from None
-    return onnx.load_from_string(buffer.getvalue())
-
-
-@contextlib.contextmanager
-def _native_output_silenced() -> Iterator[None]:
-    """torch's C++ exporter dumps its whole IR graph to stdout on failure; our error says what matters."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 1)
-            yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+def _on_example_inputs(reference, inputs: list[TensorSpec]):
+    """The reference, run on example_inputs whatever it is given: output_specs probes it with zeros."""
+    example = {i.name: t.numpy() for i, t in zip(inputs, example_inputs(inputs))}
+    return lambda feeds: reference(example)
 
 
 def _flatten(out) -> list[torch.Tensor]:

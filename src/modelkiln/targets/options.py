@@ -13,11 +13,13 @@ PRECISIONS = ("float32", "float16", "bfloat16")
 INPUT_DTYPES = {"float": "float32", "float32": "float32", "float16": "float16", "int32": "int32",
                 "int64": "int64", "long": "int64"}
 BACKENDS = ("onnxruntime", "openvino", "iree", "treelite", "tvm")
-# Neo options kept as given: handed to the frontends (signature_def_key, output_names, class_labels) or read
-# by the catalog for GPU and Android targets (gpu-code, cuda-ver, trt-ver, ANDROID_PLATFORM).
+FORWARD_ARGS = "kiln-forward-args"  # PyTorch: constants for forward()'s non-tensor parameters
+# Options kept as given: handed to the frontends (signature_def_key, output_names, class_labels, and Kiln's
+# kiln-forward-args, checked here) or read by the catalog for GPU and Android targets (gpu-code, cuda-ver,
+# trt-ver, ANDROID_PLATFORM).
 RECORDED = (
     "gpu-code", "trt-ver", "cuda-ver", "ANDROID_PLATFORM", "class_labels",
-    "signature_def_key", "output_names",
+    "signature_def_key", "output_names", FORWARD_ARGS,
 )
 
 
@@ -30,6 +32,7 @@ class CompilerOptions:
     input_dtype: str | None = None  # DTYPE: dtype of inputs DataInputConfig does not type itself
     precision: str = "float32"  # Kiln's `kiln-precision`: compute precision a backend may use
     backend: str | None = None  # Kiln's `kiln-backend`: pin one backend
+    require_run: bool = False  # Kiln's `kiln-require-run`: fail unless the artifact itself ran and matched
     recorded: dict[str, Any] = field(default_factory=dict)
 
 
@@ -40,7 +43,7 @@ def parse_compiler_options(text: str | None) -> CompilerOptions:
     raw = parse_literal(text, FIELD)
     if not isinstance(raw, dict):
         raise ValidationError(FIELD, "must be a JSON object, e.g. {\"mcpu\": \"cortex-a72\"}")
-    known = ("mcpu", "mattr", "DTYPE", "dtype", "kiln-backend", "kiln-precision") + RECORDED
+    known = ("mcpu", "mattr", "DTYPE", "dtype", "kiln-backend", "kiln-precision", "kiln-require-run") + RECORDED
     for key in raw:
         if key not in known:
             raise ValidationError(f"{FIELD}.{key}", f"unknown option; known: {', '.join(known)}")
@@ -50,8 +53,40 @@ def parse_compiler_options(text: str | None) -> CompilerOptions:
         input_dtype=_input_dtype(raw),
         precision=_choice("kiln-precision", raw.get("kiln-precision", "float32"), PRECISIONS),
         backend=_choice("kiln-backend", raw["kiln-backend"], BACKENDS) if "kiln-backend" in raw else None,
-        recorded={k: raw[k] for k in RECORDED if k in raw},
+        require_run=_flag("kiln-require-run", raw.get("kiln-require-run", False)),
+        recorded={k: _forward_args(raw[k]) if k == FORWARD_ARGS else raw[k] for k in RECORDED if k in raw},
     )
+
+
+def _forward_args(value: Any) -> dict[str, Any] | list[Any]:
+    """kiln-forward-args: {"name": constant} for forward()'s non-tensor parameters, or a list of the constants in
+    the order of those parameters; a constant is a number, bool, string, null or a list of these."""
+    field_name = f"{FIELD}.{FORWARD_ARGS}"
+    if isinstance(value, dict):
+        for name in value:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ValidationError(field_name, f"{name!r} is not a parameter name of forward()")
+        return {name: _constant(f"{field_name}.{name}", constant) for name, constant in value.items()}
+    if isinstance(value, list | tuple):
+        return [_constant(f"{field_name}[{i}]", constant) for i, constant in enumerate(value)]
+    raise ValidationError(field_name, 'must be a JSON object of forward() parameters, e.g. {"sr": 16000}, or a '
+                                      f"list of their values in order; got {value!r}")
+
+
+def _constant(field_name: str, value: Any) -> Any:
+    scalar = (bool, int, float, str, type(None))
+    if isinstance(value, scalar):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, scalar) for v in value):
+        return list(value)  # a Python-literal tuple as JSON would give it
+    raise ValidationError(field_name, f"{value!r} is not a constant forward() can take: a number, bool, string, "
+                                      "null or a list of these (tensors come from DataInputConfig)")
+
+
+def _flag(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError(f"{FIELD}.{key}", f"must be true or false, got {value!r}")
+    return value
 
 
 def _mcpu(value: Any) -> str | None:
