@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 
 import numpy as np
@@ -230,3 +231,17 @@ def test_reduced_precision_widens_tolerance_and_skips_backends_that_cannot(model
     assert "demote-contraction-inputs-type=bf16" in by_name["iree"].command
     assert report.selected in ("openvino", "iree")
     assert json.loads((tmp_path / "report.json").read_text())["candidates"][0]["status"] == "skipped"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_the_artifact_is_written_with_the_users_umask(tmp_path, umask):
+    path = onnx_model(tmp_path / "m.onnx", [make_node("Relu", ["x"], ["y"])],
+                      [make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                      [make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    old = os.umask(umask)
+    try:
+        compile_job(CompileJob(model=path, framework="ONNX", output_dir=tmp_path / "out", target_device="ml_c5",
+                               compiler_options='{"kiln-backend": "onnxruntime"}'))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out" / "model.tar.gz").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -54,9 +54,21 @@ def write_artifact(workdir: Path, files: list[str], meta: dict, report: dict, ou
                 info.size, info.mode = len(data), 0o644
                 tar.addfile(info, io.BytesIO(data))
         digest = hashlib.sha256(Path(tmp_name).read_bytes()).hexdigest()
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp's file is 0600; the artifact is the user's, as any file
         final = output_dir / ARTIFACT
         os.replace(tmp_name, final)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return final, digest
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask both sets and gets, racing other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
