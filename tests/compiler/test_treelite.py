@@ -11,7 +11,7 @@ import pytest
 import xgboost as xgb
 from onnx import TensorProto
 from onnx.helper import make_node, make_tensor_value_info
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -132,9 +132,26 @@ def test_sklearn_forest_and_pipeline_on_x86(tmp_path, data):
     assert list(by_name) == ["onnxruntime", "openvino", "iree"]  # not a tree model: the neural-net order
     assert report.selected == "onnxruntime"
     assert "LinearClassifier" in by_name["openvino"].reason and by_name["iree"].status == "skipped"
-    label, proba = Model(tmp_path / "p" / "model.tar.gz").run(fresh)
-    np.testing.assert_array_equal(label, pipe.predict(fresh))
+    (proba,) = Model(tmp_path / "p" / "model.tar.gz").run(fresh)
     np.testing.assert_allclose(proba, pipe.predict_proba(fresh), rtol=1e-5, atol=1e-6)
+
+
+def test_a_binary_classifier_gives_both_columns_whichever_route_compiled_it(tmp_path, data):
+    """Boosted binary trees compute P(class 1) only; the artifact still returns predict_proba's [N, 2]."""
+    x, binary, _ = data
+    x = np.nan_to_num(x)
+    fresh = np.nan_to_num(rows(50))
+    boosted = GradientBoostingClassifier(n_estimators=8, max_depth=3, random_state=0).fit(x, binary)
+    joblib.dump(boosted, tmp_path / "gb.joblib")
+    report = compile_file(tmp_path / "gb.joblib", "SKLEARN", tmp_path / "gb", target_device="ml_c5")
+    assert report.outputs == [{"name": "probabilities", "shape": [-1, 2], "dtype": "float64"}]
+    by_name = {c.backend: c for c in report.candidates}
+    assert by_name["treelite"].check.ran and by_name["onnxruntime"].check.ran  # both routes give [N, 2]
+    for backend in ("treelite", "onnxruntime"):
+        compile_file(tmp_path / "gb.joblib", "SKLEARN", tmp_path / backend, target_device="ml_c5",
+                     compiler_options=f'{{"kiln-backend": "{backend}"}}')
+        (proba,) = Model(tmp_path / backend / "model.tar.gz").run(fresh)
+        np.testing.assert_allclose(proba, boosted.predict_proba(fresh), rtol=1e-5, atol=1e-6)
 
 
 def test_treelite_pinned_for_a_neural_net_says_why(tmp_path):

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import treelite
 from sklearn import ensemble
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.semi_supervised import LabelPropagation
@@ -51,12 +51,15 @@ def test_tree_ensembles_go_to_treelite(tmp_path, kind):
         model = load(saved(tmp_path / str(i), estimator), None)
         assert model.tree_model is not None and model.inputs[0].shape == (-1, 5)
         expected = getattr(estimator, method)(fresh)
-        if method == "predict_proba" and model.outputs[0].shape == (-1,):
-            expected = expected[:, 1]  # the trees give P(class 1) for a binary boosted model
         (ref,) = model.reference({"data": fresh})
+        # one contract: predict_proba's columns for every classifier (binary too), predict's shape otherwise
+        name = "probabilities" if method == "predict_proba" else "predictions"
+        assert [(o.name, o.shape) for o in model.outputs] == [(name, (-1, *expected.shape[1:]))]
         np.testing.assert_allclose(ref, expected, rtol=1e-6, atol=1e-7)
-        gtil = treelite.gtil.predict(model.tree_model, fresh).reshape(ref.shape)
-        np.testing.assert_allclose(gtil, expected, rtol=1e-5, atol=1e-6)
+        gtil = treelite.gtil.predict(model.tree_model, fresh)
+        if gtil.size == fresh.shape[0] and expected.ndim == 2:  # binary boosted trees give P(class 1) only
+            expected = expected[:, 1]
+        np.testing.assert_allclose(gtil.reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
         assert model.onnx_model is not None, model.notes  # skl2onnx gives a twin for onnxruntime
 
 
@@ -65,14 +68,23 @@ def test_pipeline_goes_through_skl2onnx(tmp_path):
     pipe = make_pipeline(StandardScaler(), LogisticRegression()).fit(x, binary)
     model = load(saved(tmp_path, pipe, "model.pkl"), '{"features": [1, 5]}')
     assert model.tree_model is None and model.forms == {"onnx-ml"}
-    assert [o.name for o in model.outputs] == ["label", "probabilities"]
+    assert [(o.name, o.shape) for o in model.outputs] == [("probabilities", (-1, 2))]  # as a forest's
     assert [i.name for i in model.inputs] == ["features"]
     session = ort.InferenceSession(model.onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
-    label, proba = session.run(None, {"features": x[:20]})
-    np.testing.assert_array_equal(label, pipe.predict(x[:20]))
+    (proba,) = session.run(None, {"features": x[:20]})
     np.testing.assert_allclose(proba, pipe.predict_proba(x[:20]), rtol=1e-5, atol=1e-6)
-    ref = model.reference({"features": x[:20]})
-    np.testing.assert_allclose(ref[1], proba, rtol=1e-5, atol=1e-6)
+    (ref,) = model.reference({"features": x[:20]})
+    np.testing.assert_allclose(ref, proba, rtol=1e-5, atol=1e-6)
+
+
+def test_regressors_give_predictions_by_either_route(tmp_path):
+    x, _, _, target = training_data()
+    for i, estimator in enumerate([ensemble.RandomForestRegressor(n_estimators=5, random_state=0),
+                                   LinearRegression()]):
+        model = load(saved(tmp_path / str(i), estimator.fit(x, target)), None)
+        assert [(o.name, o.shape) for o in model.outputs] == [("predictions", (-1,))]
+        np.testing.assert_allclose(model.reference({"data": x[:7]})[0], estimator.predict(x[:7]), rtol=1e-5,
+                                   atol=1e-5)
 
 
 def test_unsupported_estimator_is_named(tmp_path):

@@ -103,6 +103,8 @@ def adapt_onnx(model: onnx.ModelProto, source_output: str, spec: TensorSpec, inp
     graph.input[0].name, old_input = input_name, graph.input[0].name
     for node in graph.node:
         node.input[:] = [input_name if n == old_input else n for n in node.input]
+    if source_output == spec.name:  # the converter already used Kiln's name: free it for the final Cast
+        source_output = _rename_value(graph, spec.name, f"{spec.name}_source")
     nodes, current = [], source_output
     if take_column is not None:
         graph.initializer.extend([numpy_helper.from_array(np.array([take_column], np.int64), "kiln_col")])
@@ -120,3 +122,11 @@ def adapt_onnx(model: onnx.ModelProto, source_output: str, spec: TensorSpec, inp
     model.ir_version = min(model.ir_version, 10)
     onnx.checker.check_model(model)
     return model
+
+
+def _rename_value(graph: onnx.GraphProto, old: str, new: str) -> str:
+    """Rename a value wherever the graph produces or uses it; returns the new name."""
+    for node in graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+    return new

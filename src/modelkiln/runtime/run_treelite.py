@@ -1,7 +1,8 @@
 """Run Treelite artifacts: a shared library built from TL2cgen's C, loaded with ctypes (numpy only).
 
 The library exports `kiln_predict(data, n_rows, n_features, out, threads)` over a row-major float32
-matrix (NaN = missing value) and `kiln_outputs_per_row()`; see compiler/backends/treelite.py.
+matrix (NaN = missing value) and `kiln_outputs_per_row()`; see compiler/backends/treelite.py. A binary
+classifier whose output is declared [N, 2] (scikit-learn's predict_proba) gets column 0 as 1 - P(class 1).
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ class TreeliteExecutor:
         status = self._lib.kiln_predict(x.ctypes.data, x.shape[0], self._features, out.ctypes.data, self._threads)
         if status != 0:
             raise RuntimeError(f"the compiled trees failed (kiln_predict returned {status})")
+        if self._per_row == 1 and self._row_shape == (2,):  # a binary classifier's trees give P(class 1)
+            out = np.concatenate([1 - out, out], axis=1)
         return [out.reshape((x.shape[0], *self._row_shape))]
 
 
