@@ -1,5 +1,8 @@
 """IREE backend: ONNX -> MLIR (iree-import-onnx) -> a self-contained .vmfb for the target CPU or GPU.
 
+IREE is given Kiln's canonical ONNX (compiler/canonical.py: opset 17, BatchNormalization folded, shapes static),
+its graph renamed to an identifier, since iree-import-onnx names the entry function after the graph verbatim.
+
 Flags that matter here (measured, REFERENCE.md section 6): NCHW convolutions are converted to channels-last
 (4-5x faster on CPU); ARM needs explicit CPU features; armv7 needs debug symbols off. GPU modules hold PTX
 (CUDA, sm_60 and newer) or SPIR-V (Vulkan) plus VM bytecode: the host side does not depend on the CPU.
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import onnx
 
+from modelkiln.compiler.canonical import COMMAND as CANONICAL_COMMAND, canonicalize
 from modelkiln.compiler.emulation import device_in_child
 from modelkiln.compiler.gpu_code import PTX_HEADER, check_ptx, embedded_text
 from modelkiln.errors import CompilationError
@@ -61,6 +65,8 @@ class IreeBackend:
 
     def compile(self, model: onnx.ModelProto, target: Target, options: CompilerOptions, workdir: Path) -> BackendOutput:
         source, mlir, out = workdir / "source.onnx", workdir / "source.mlir", workdir / FILE
+        canonical = canonicalize(model)
+        model = with_entry_name(canonical.model)
         onnx.save(model, str(source))
         link: list[str] = []
         try:
@@ -81,7 +87,7 @@ class IreeBackend:
         finally:
             source.unlink(missing_ok=True)
             mlir.unlink(missing_ok=True)
-        notes = []
+        notes = [canonical.note()]
         if link:
             notes.append("ARMv7 has no fmaxf/fminf instruction and IREE's embedded loader no libm: Kiln links its own "
                          "fmaxf/fminf (C99 semantics) into the module through --iree-llvmcpu-embedded-linker-path.")
@@ -89,8 +95,8 @@ class IreeBackend:
             notes.append(f"IREE demotes the inputs of matmuls and convolutions to {options.precision}; "
                          "accumulation and other operators stay fp32.")
         return BackendOutput(
-            files=[FILE], entry={"Entry": _entry_name(model), "Device": DEVICES[target.gpu.api] if target.gpu else "local"},
-            command="iree-import-onnx model.onnx -o model.mlir && iree-compile model.mlir "
+            files=[FILE], entry={"Entry": model.graph.name, "Device": DEVICES[target.gpu.api] if target.gpu else "local"},
+            command=f"{CANONICAL_COMMAND} && iree-import-onnx model.onnx -o model.mlir && iree-compile model.mlir "
             + " ".join(shlex.quote(f) for f in flags) + f" -o {FILE}",
             notes=notes + gpu_notes(target.gpu), host_independent=target.gpu is not None,
         )
@@ -184,22 +190,28 @@ def armv7_libm_linker(target: Target, workdir: Path) -> list[str]:
     if proc.returncode != 0:
         raise CompilationError("compile", f"{ARMV7_GCC} failed on Kiln's fmaxf: {proc.stderr.strip()[:300]}",
                                "report this with the model.")
+    # LLVM also calls the ARM EABI helpers for float <-> 64-bit integer conversions (__aeabi_f2lz: Resize, Cast
+    # to int64); GCC's libgcc.a has them, hidden and in the base (soft-float) ABI they use on every armv7 ABI.
+    libgcc = subprocess.run([gcc, "-print-libgcc-file-name"], capture_output=True, text=True).stdout.strip()
+    archive = f' "{libgcc}"' if libgcc and Path(libgcc).is_file() else ""
     # IREE also links host-arch objects (compile-time constant evaluation): add ours to ARM links only
     # (ELF e_machine 40, read from the first object file).
     lld = _tool("iree-lld")
     wrapper.write_text(
         "#!/bin/sh\n"
         'for a in "$@"; do case "$a" in *.o) m=$(od -An -tu2 -j18 -N2 "$a" | tr -d " "); break;; esac; done\n'
-        f'if [ "$m" = 40 ]; then exec "{lld}" "$@" "{obj}"; fi\n'
+        f'if [ "$m" = 40 ]; then exec "{lld}" "$@" "{obj}"{archive}; fi\n'
         f'exec "{lld}" "$@"\n')
     wrapper.chmod(0o755)
     return [f"--iree-llvmcpu-embedded-linker-path={wrapper}"]
 
 
-def _entry_name(model: onnx.ModelProto) -> str:
-    # iree-import-onnx names the function after the graph ("main_graph" for torch exports).
+def with_entry_name(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its graph renamed to a plain identifier: iree-import-onnx names the module's entry function
+    after the graph verbatim (`torch-jit-export`, `my model.v1`), and Kiln records that name as the entry."""
     name = re.sub(r"[^A-Za-z0-9_]", "_", model.graph.name or "main_graph")
-    return name if name and not name[0].isdigit() else f"_{name}"
+    model.graph.name = name if name and not name[0].isdigit() else f"_{name}"
+    return model
 
 
 def find_unconvertible_node(model: onnx.ModelProto, workdir: Path) -> str | None:

@@ -2,6 +2,9 @@
 cannot make: PTX for old NVIDIA GPUs (sm_37, sm_53; LLVM's NVPTX backend inside TVM, no nvcc) or OpenCL C for
 ARM Mali. It also builds plain CPU code, which Kiln uses for the x86-64 "host twin" of a GPU build.
 
+TVM is given Kiln's canonical ONNX (compiler/canonical.py): its kernels need static shapes, which the shape
+subgraphs of torch exports (YOLOv8's head) only have once folded.
+
 Measured with apache-tvm 0.27.0.post1:
 - GPU kernels need schedules (dlight default GPU rules), else TVM leaves them unbound to threads.
 - The `nvptx` target kind takes no mattr; LLVM then writes the lowest PTX ISA the SM allows (4.1 for sm_37,
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import onnx
 
+from modelkiln.compiler.canonical import COMMAND as CANONICAL_COMMAND, canonicalize, runtime_shaped_nodes
 from modelkiln.compiler.emulation import device_in_child
 from modelkiln.compiler.gpu_code import PTX_HEADER, check_opencl, check_ptx, embedded_text, nvcc_file
 from modelkiln.errors import CompilationError
@@ -78,13 +82,14 @@ class TvmBackend:
         from tvm.support.cc import cross_compiler
 
         gpu = target.gpu
-        mod, tvm_target = scheduled_module(model, target)
+        canonical = canonicalize(model)
         try:
+            mod, tvm_target = scheduled_module(canonical.model, target)
             executable = tvm.compile(mod, target=tvm_target)
+        except CompilationError:
+            raise
         except Exception as exc:  # TVM raises its own error classes (ValueError, InternalError, ...)
-            raise CompilationError("compile", f"TVM failed to build for {_describe(target)}: {_first_line(exc)}",
-                                   "pin another backend with CompilerOptions {\"kiln-backend\": ...}, "
-                                   "or report this with the model.") from None
+            raise build_error(exc, canonical.model, target) from None
         linker = LINKERS[target.arch]
         if shutil.which(linker) is None:
             raise CompilationError("compile", f"the linker {linker} is not installed",
@@ -97,19 +102,20 @@ class TvmBackend:
                                    "report this with the model.") from None
         host = json.dumps(_host_config(target), separators=(",", ":"))
         device = json.dumps(_device_config(gpu), separators=(",", ":")) if gpu else None
-        command = ("mod = tvm.relax.frontend.onnx.from_onnx(model, keep_params_in_input=False); "
+        command = (f"{CANONICAL_COMMAND}; mod = tvm.relax.frontend.onnx.from_onnx(model, keep_params_in_input=False); "
                    + (f"with target: mod = {SCHEDULES}(relax.transform.LegalizeOps()(mod)); " if gpu else "")
                    + (f"ex = tvm.compile(mod, target=tvm.target.Target({device}, host={host})); " if gpu
                       else f"ex = tvm.compile(mod, target=tvm.target.Target({host})); ")
                    + f"ex.export_library('{FILE}', fcompile=tvm.support.cc.cross_compiler('{linker}'))")
         return BackendOutput(
             files=[FILE], entry={"Entry": "main", "Device": DEVICES[gpu.api] if gpu else "cpu"},
-            command=command, notes=notes(target), host_independent=False,
+            command=command, notes=[canonical.note(), *notes(target)], host_independent=False,
         )
 
 
 def scheduled_module(model: onnx.ModelProto, target: Target):
-    """(Relax IRModule, tvm Target): for a GPU, operators legalized to TIR and given TVM's default GPU schedules."""
+    """(Relax IRModule, tvm Target) of a canonical model (canonical.canonicalize): for a GPU, operators legalized to
+    TIR and given TVM's default GPU schedules."""
     from tvm import relax
 
     mod = import_onnx(model)
@@ -144,6 +150,23 @@ def import_onnx(model: onnx.ModelProto):
         raise CompilationError("compile", f"TVM's ONNX importer cannot convert {where}: {text}",
                                "pin another backend with CompilerOptions {\"kiln-backend\": ...}, "
                                "or replace that operator in the model.") from None
+
+
+def build_error(exc: Exception, model: onnx.ModelProto, target: Target) -> CompilationError:
+    """The CompilationError for a TVM failure: it names the operator whose shape is only known at run time, when
+    the canonical model still has one (TVM's kernels need static shapes: "emit_te ... ShapeExpr shape")."""
+    dynamic = runtime_shaped_nodes(model)
+    if dynamic:
+        return CompilationError(
+            "compile", f"TVM failed to build for {_describe(target)}: it needs static shapes, and "
+            f"{dynamic[0].describe()}" + (f" (and {len(dynamic) - 1} more such node(s))" if len(dynamic) > 1 else "")
+            + f"; TVM said: {_first_line(exc)}",
+            "make that operator's output shape follow from the input shapes alone (Kiln folds those): export "
+            "without dynamic_axes, leave data-dependent post-processing (NonZero, NMS) out of the model, or pin "
+            "another backend with CompilerOptions {\"kiln-backend\": ...}.")
+    return CompilationError("compile", f"TVM failed to build for {_describe(target)}: {_first_line(exc)}",
+                            "pin another backend with CompilerOptions {\"kiln-backend\": ...}, "
+                            "or report this with the model.")
 
 
 def unsupported_ops(model: onnx.ModelProto) -> list[str]:

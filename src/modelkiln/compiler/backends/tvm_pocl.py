@@ -12,6 +12,7 @@ import re
 import numpy as np
 import onnx
 
+from modelkiln.compiler.canonical import canonicalize
 from modelkiln.targets import Target
 
 KERNEL = re.compile(r"__kernel void (\w+)\(([^)]*)\)")
@@ -29,7 +30,7 @@ def run_on_pocl(model: onnx.ModelProto, target: Target, inputs: list[np.ndarray]
 
     from .tvm import scheduled_module
 
-    mod, tvm_target = scheduled_module(model, target)
+    mod, tvm_target = scheduled_module(canonicalize(model).model, target)  # the kernels compile() built
     main = mod["main"]
     context = cl.Context([device])
     queue = cl.CommandQueue(context)
