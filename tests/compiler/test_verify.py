@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from onnx.helper import make_node, make_tensor_value_info
 
 from modelkiln.compiler import CompileJob, compile_job
 from modelkiln.compiler.check_inputs import INPUTS_FILE, draw, index_ranges, prepare
-from modelkiln.compiler.verify import embedded_elf_arches
+from modelkiln.compiler.verify import embedded_elf_arches, median_latencies_ms
 from modelkiln.errors import CompilationError
 from modelkiln.frontends import TensorSpec, frontend_for
 
@@ -91,3 +92,22 @@ def test_a_bad_samples_file_fails_naming_what_to_fix(tmp_path, arrays, words):
     for word in words:
         assert word in err.value.message
     assert INPUTS_FILE in err.value.hint
+
+
+class _Sleeper:
+    """A runtime that takes a known time a run: timing is what is under test here."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.runs = seconds, 0
+
+    def run(self, inputs):
+        self.runs += 1
+        time.sleep(self.seconds)
+        return inputs
+
+
+def test_a_hopeless_candidate_is_timed_once_and_not_further():
+    fast, slow = _Sleeper(0.002), _Sleeper(0.05)
+    timing = median_latencies_ms({"fast": fast, "slow": slow}, [], budget_s=0.3)
+    assert timing.timed_once == {"slow"} and slow.runs == 2  # warm-up + the one timed run
+    assert fast.runs > 10 and timing.latencies_ms["slow"] > 10 * timing.latencies_ms["fast"]

@@ -26,11 +26,11 @@ from modelkiln.compiler.archive import extract_model
 from modelkiln.compiler.backends import BACKENDS, Backend, BackendOutput, GpuBackend
 from modelkiln.compiler.package import build_meta, write_artifact
 from modelkiln.compiler.report import Candidate, Report
-from modelkiln.compiler.verify import (
-    HOST_TWIN, KILN_ARCH_ELF, OPENCL_TWIN, POCL_TWIN, PTX_TWIN, SAME_FILE, SPEC_ONLY, TOLERANCE, Check, compare,
-    embedded_elf_arches, host_can_run, median_latencies_ms,
-)
 from modelkiln.compiler.check_inputs import INPUTS_FILE, CheckInputs
+from modelkiln.compiler.verify import (
+    HOPELESS, HOST_TWIN, KILN_ARCH_ELF, OPENCL_TWIN, POCL_TWIN, PTX_TWIN, SAME_FILE, SPEC_ONLY, TOLERANCE, Check,
+    compare, embedded_elf_arches, host_can_run, median_latencies_ms,
+)
 from modelkiln.errors import CompilationError, KilnError
 from modelkiln.frontends import ConvertedModel, check_framework, check_framework_version, frontend_for
 from modelkiln.runtime.executors import Executor, open_executor
@@ -212,10 +212,14 @@ def _time_candidates(ctx: _Context, candidates: list[Candidate]) -> None:
     """Time every verified candidate on this host, all cores, as the runtime runs by default."""
     if not ctx.executors:
         return
-    latencies = median_latencies_ms(ctx.executors, _ordered(ctx, ctx.inputs.samples[0]))
+    timing = median_latencies_ms(ctx.executors, _ordered(ctx, ctx.inputs.samples[0]))
+    fastest = min(timing.latencies_ms.values())
     for cand in candidates:
-        if cand.backend in latencies:
-            cand.latency_ms, cand.threads = round(latencies[cand.backend], 3), os.cpu_count()
+        if cand.backend in timing.latencies_ms:
+            cand.latency_ms, cand.threads = round(timing.latencies_ms[cand.backend], 3), os.cpu_count()
+        if cand.backend in timing.timed_once:
+            cand.notes.append(f"timed on one run only: {cand.latency_ms / fastest:.1f}x the fastest candidate's "
+                              f"time, beyond {HOPELESS:g}x it cannot win, so it was not timed further")
     ctx.executors.clear()
 
 

@@ -158,18 +158,37 @@ def _elf_header(data: bytes, start: int) -> tuple[str, int] | None:
     return ELF_MACHINES.get(machine, str(machine)), header[4]
 
 
+HOPELESS = 3.0  # a candidate this many times slower than the fastest, run once, is not timed further
+
+
+@dataclass
+class Timing:
+    """Each executor's latency (ms), and which were timed once only, being far slower than the fastest."""
+
+    latencies_ms: dict[str, float]
+    timed_once: set[str]
+
+
 def median_latencies_ms(executors: dict[str, Executor], inputs: list[np.ndarray], budget_s: float = 3.0,
-                        rounds: int = 3, min_runs: int = 5) -> dict[str, float]:
+                        rounds: int = 3, min_runs: int = 5) -> Timing:
     """Latency of one run of each executor: timed in one block per round, the order rotating each round;
     each block's median, and of those the lowest. On a shared machine, load that comes and goes inflates
     some blocks; the least disturbed block says most about the candidate itself.
     Every block starts with an untimed run after a pause: runtimes whose worker threads spin after a run
-    (onnxruntime's do) must not have that spinning charged to the next candidate."""
-    names = list(executors)
+    (onnxruntime's do) must not have that spinning charged to the next candidate. A candidate HOPELESS times
+    slower than the fastest on its first timed run keeps that figure and is not timed further: it cannot win,
+    and timing it would spend the compile's time (an untuned backend can take seconds a run)."""
+    first: dict[str, float] = {}
+    for name, executor in executors.items():  # warm-up (first runs allocate memory and JIT kernels), then one run
+        executor.run(inputs)
+        time.sleep(0.05)
+        start = time.perf_counter()
+        executor.run(inputs)
+        first[name] = (time.perf_counter() - start) * 1e3
+    fastest = min(first.values())
+    names = [name for name in executors if first[name] <= HOPELESS * fastest]
     blocks: dict[str, list[float]] = {name: [] for name in names}
     block_s = budget_s / (rounds * len(names))
-    for name in names:  # warm-up: first runs allocate memory and JIT kernels
-        executors[name].run(inputs)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             time.sleep(0.05)
@@ -181,4 +200,6 @@ def median_latencies_ms(executors: dict[str, Executor], inputs: list[np.ndarray]
                 executors[name].run(inputs)
                 times.append((time.perf_counter() - start) * 1e3)
             blocks[name].append(statistics.median(times))
-    return {name: min(medians) for name, medians in blocks.items()}
+    latencies = {name: min(medians) for name, medians in blocks.items()}
+    timed_once = set(first) - set(names)
+    return Timing({**latencies, **{name: first[name] for name in timed_once}}, timed_once)
