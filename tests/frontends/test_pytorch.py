@@ -7,6 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from torch import nn
 
 from modelkiln.errors import CompilationError, ValidationError
 from modelkiln.frontends.pytorch import load
@@ -368,3 +369,10 @@ def test_an_exception_the_script_raises_is_reported_by_its_own_words(mini_vad):
         load(mini_vad, "[[1, 512]]", None, {"kiln-forward-args": {"sr": 44100}})
     assert "fails on inputs of the declared shapes" in err.value.message
     assert "sr must be 8000 or 16000" in err.value.message
+
+
+def test_a_jit_file_is_torchscript(tmp_path):
+    """Silero and others ship TorchScript as .jit."""
+    torch.jit.trace(nn.Sequential(nn.Linear(4, 3), nn.ReLU()).eval(), torch.randn(1, 4)).save(str(tmp_path / "m.jit"))
+    model = load(tmp_path, "[[1, 4]]")
+    assert model.inputs[0].shape == (1, 4) and model.outputs[0].shape == (1, 3)

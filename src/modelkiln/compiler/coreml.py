@@ -305,8 +305,8 @@ def _load_pytorch(model_dir: Path) -> _Source:
     # Reuses the PyTorch frontend's file rule and its TorchScript loader (typed errors for pickles).
     import torch
     from modelkiln.frontends.base import exactly_one
-    from modelkiln.frontends.pytorch import _load_torchscript
-    path = exactly_one(model_dir, (".pth", ".pt", ".pt2"), "PyTorch")
+    from modelkiln.frontends.pytorch import SUFFIXES as PYTORCH_SUFFIXES, _load_torchscript
+    path = exactly_one(model_dir, PYTORCH_SUFFIXES, "PyTorch")
     versions = {"torch": torch.__version__.split("+")[0]}
     if path.suffix != ".pt2":
         return _Source(_load_torchscript(path), [], None, f"torch.jit.load({path.name!r})", converters=versions)

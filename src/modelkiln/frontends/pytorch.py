@@ -16,16 +16,17 @@ from modelkiln.errors import CompilationError
 from modelkiln.frontends.base import ConvertedModel, Feeds, TensorSpec, exactly_one
 from modelkiln.frontends.input_config import FIELD, parse_data_input_config
 from modelkiln.frontends.onnx import check_operators, output_specs
-from modelkiln.frontends.pytorch_args import bind, call_args, describe, forward_params
+from modelkiln.frontends.pytorch_args import FORWARD_ARGS, bind, call_args, describe, forward_params
 from modelkiln.frontends.pytorch_export import TRACE_HINT, example_inputs, export_program, to_onnx
 from modelkiln.frontends.pytorch_state import prepared, written_attributes
-from modelkiln.targets.options import FORWARD_ARGS
+
+SUFFIXES = (".pth", ".pt", ".jit", ".pt2")  # TorchScript (.jit as Silero and others ship it), torch.export
 
 
 def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None = None,
          frontend_options: Mapping[str, Any] | None = None) -> ConvertedModel:
     """Load the TorchScript file, trace it on the declared shapes and export it to ONNX."""
-    path = exactly_one(model_dir, (".pth", ".pt", ".pt2"), "PyTorch")
+    path = exactly_one(model_dir, SUFFIXES, "PyTorch")
     inputs = parse_data_input_config(data_input_config, allow_list=True, default_dtype=input_dtype or "float32")
     if path.suffix == ".pt2":
         return _load_exported_program(path, inputs)

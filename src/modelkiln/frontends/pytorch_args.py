@@ -11,9 +11,9 @@ import torch
 
 from modelkiln.errors import CompilationError, ValidationError
 from modelkiln.frontends.input_config import FIELD as INPUT_FIELD
-from modelkiln.targets.options import FIELD as OPTIONS_FIELD, FORWARD_ARGS
 
-OPTION_FIELD = f"{OPTIONS_FIELD}.{FORWARD_ARGS}"
+FORWARD_ARGS = "kiln-forward-args"  # the CompilerOptions key (targets/options.py validates it; frontends import no part)
+OPTION_FIELD = f"OutputConfig.CompilerOptions.{FORWARD_ARGS}"
 _PLACEHOLDERS = {"IntType": "<int>", "FloatType": "<float>", "BoolType": "<true|false>", "StringType": "<string>"}
 
 
