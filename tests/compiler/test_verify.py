@@ -12,7 +12,7 @@ from onnx.helper import make_node, make_tensor_value_info
 
 from modelkiln.compiler import CompileJob, compile_job
 from modelkiln.compiler.check_inputs import INPUTS_FILE, draw, index_ranges, prepare
-from modelkiln.compiler.verify import embedded_elf_arches, median_latencies_ms
+from modelkiln.compiler.verify import compare, embedded_elf_arches, median_latencies_ms
 from modelkiln.errors import CompilationError
 from modelkiln.frontends import TensorSpec, frontend_for
 
@@ -111,3 +111,16 @@ def test_a_hopeless_candidate_is_timed_once_and_not_further():
     timing = median_latencies_ms({"fast": fast, "slow": slow}, [], budget_s=0.3)
     assert timing.timed_once == {"slow"} and slow.runs == 2  # warm-up + the one timed run
     assert fast.runs > 10 and timing.latencies_ms["slow"] > 10 * timing.latencies_ms["fast"]
+
+
+def test_non_finite_values_must_agree_and_do_not_hide_other_errors():
+    ref = np.array([[1.0, np.inf, np.nan, -np.inf]], np.float32)
+    assert compare([ref.copy()], [ref], 1e-3, "host").status == "verified"
+    for wrong, why in [(np.array([[1.0, 3e38, np.nan, -np.inf]], np.float32), "is 3"),
+                       (np.array([[1.0, np.inf, 0.0, -np.inf]], np.float32), "is 0.0 at [0, 2]"),
+                       (np.array([[1.0, -np.inf, np.nan, -np.inf]], np.float32), "is -inf at [0, 1]")]:
+        check = compare([wrong], [ref], 1e-3, "host")
+        assert check.status == "mismatch" and why in check.detail and "non-finite values differ" in check.detail
+    # an inf elsewhere in the reference no longer scales a real error away
+    check = compare([np.array([[2.0, np.inf]], np.float32)], [np.array([[1.0, np.inf]], np.float32)], 1e-3, "host")
+    assert check.status == "mismatch" and check.max_rel_err == 1.0

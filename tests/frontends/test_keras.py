@@ -229,3 +229,69 @@ def test_real_keras2_h5_written_by_tf_keras(tmp_path):
     x = np.load(fixture / "keras2_cnn_input.npy")  # NHWC, as Keras 2 was given it
     got = Model(tmp_path / "out" / "model.tar.gz").run(x.transpose(0, 3, 1, 2))[0]
     np.testing.assert_allclose(got, np.load(fixture / "keras2_cnn_output.npy"), rtol=1e-4, atol=1e-6)
+
+
+def keras_normalized() -> keras.Model:
+    """EfficientNet's input pattern: Rescaling, then an adapted Normalization, whose mean and variance Keras 3
+    captures as constant tensors (not variables) when the model is traced."""
+    keras.utils.set_random_seed(2)
+    inp = keras.Input(HWC, name="image")
+    norm = keras.layers.Normalization(axis=-1)
+    x = norm(keras.layers.Rescaling(1 / 255)(inp))
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    model = keras.Model(inp, keras.layers.Dense(4, name="scores")(keras.layers.GlobalAveragePooling2D()(x)))
+    rng = np.random.default_rng(2)
+    norm.adapt(rng.uniform(0, 1, (8, *HWC)).astype("float32") * np.array([0.5, 1.0, 0.2], "float32"))
+    return model
+
+
+def keras_gelu() -> keras.Model:
+    """Keras 3's exact gelu (keras.activations.gelu, approximate=False), which TensorFlow computes with Erfc."""
+    keras.utils.set_random_seed(3)
+    inp = keras.Input(HWC, name="image")
+    x = keras.layers.Conv2D(8, 3, activation=keras.activations.gelu)(inp)
+    x = keras.layers.Dense(6, activation="gelu")(keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inp, keras.layers.Dense(3, name="out")(x))
+
+
+def saved(model: keras.Model, folder: Path, name: str) -> Path:
+    """model saved as folder/name, and archived as folder/model.tar.gz."""
+    folder.mkdir()
+    with warnings.catch_warnings():  # Keras's own h5 writer trips numpy 2's __array__ deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model.save(folder / name)
+    return tar_gz(folder / "model.tar.gz", folder / name)
+
+
+def test_normalization_layer_constants_are_frozen_not_inputs(tmp_path):
+    model = keras_normalized()
+    report = compile_keras(saved(model, tmp_path / "in", "norm.keras"), tmp_path / "out", NCHW)
+    assert report.winner().check.status == "verified"
+    converted = load(tmp_path / "in", NCHW)
+    assert [i.name for i in converted.onnx_model.graph.input] == ["image"]  # mean and variance are constants
+    x = np.random.default_rng(4).uniform(0, 255, (1, *HWC)).astype(np.float32)
+    got = Model(tmp_path / "out" / "model.tar.gz").run(np.transpose(x, (0, 3, 1, 2)))[0]
+    np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_exact_gelu_erfc_is_converted(tmp_path):
+    model = keras_gelu()
+    report = compile_keras(saved(model, tmp_path / "in", "gelu.h5"), tmp_path / "out", NCHW)
+    assert report.winner().check.status == "verified"
+    ops = {n.op_type for n in load(tmp_path / "in", NCHW).onnx_model.graph.node}
+    assert "Erf" in ops and "Erfc" not in ops
+    x = 3 * nhwc_sample(7)  # the tails, where erfc is near 0 or 2
+    got = Model(tmp_path / "out" / "model.tar.gz").run(np.transpose(x, (0, 3, 1, 2)))[0]
+    np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_efficientnet_b0_compiles_and_verifies(tmp_path):
+    """keras.applications.EfficientNetB0 (random weights): Rescaling + Normalization in front, swish, SE blocks."""
+    keras.utils.set_random_seed(5)
+    net = keras.applications.EfficientNetB0(weights=None, input_shape=(64, 64, 3), classes=10,
+                                            classifier_activation=None)
+    report = compile_keras(saved(net, tmp_path / "in", "effnet.keras"), tmp_path / "out",
+                           '{"input_layer": [1, 3, 64, 64]}')
+    assert report.winner().check.status == "verified"
+    assert report.inputs == [{"name": "input_layer", "shape": [1, 3, 64, 64], "dtype": "float32"}]
+    assert report.outputs[0]["shape"] == [1, 10]

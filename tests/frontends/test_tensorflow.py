@@ -161,13 +161,43 @@ def test_nchw_shape_is_refused_for_tensorflow(tfmodels):
     assert "does not fit the model's input image [?, 16, 16, 3]" in err.value.message
 
 
-def test_frozen_graph_needs_output_names(tfmodels):
-    with pytest.raises(ValidationError) as err:
-        load(tfmodels / "frozen", FROZEN_CONFIG)
-    assert err.value.field == "OutputConfig.CompilerOptions.output_names"
+def tf1_graph(path: Path) -> Path:
+    """A TF1-style frozen graph with two heads (probs, embedding, the latter through erfc) and the litter real
+    graphs carry: an unused constant, an init NoOp, an Assert on the input."""
+    rng = np.random.default_rng(8)
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 8], name="features")
+        hidden = tf.nn.relu(tf.matmul(x, tf.constant(rng.standard_normal((8, 6)), tf.float32)), name="hidden")
+        tf.nn.softmax(tf.matmul(hidden, tf.constant(rng.standard_normal((6, 3)), tf.float32)), name="probs")
+        tf.math.l2_normalize(hidden * tf.math.erfc(hidden - 1), axis=1, name="embedding")
+        tf.constant(1.0, name="unused")
+        tf.no_op(name="init")
+        tf.compat.v1.Assert(tf.reduce_all(tf.math.is_finite(x)), [x], name="finite")
+    path.parent.mkdir()
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    return tar_gz(path.parent / "model.tar.gz", path)
+
+
+def test_frozen_graph_without_output_names_outputs_its_sinks(tmp_path):
+    """As Neo: the outputs are the nodes nothing consumes (constants, NoOp and Assert are no outputs)."""
+    archive = tf1_graph(tmp_path / "in" / "graph.pb")
+    report = compile_tf(archive, tmp_path / "out", '{"features": [2, 8]}')
+    assert report.winner().check.status == "verified"
+    assert [(o["name"], o["shape"]) for o in report.outputs] == [("probs", [2, 3]), ("embedding", [2, 6])]
+    assert any("no output_names" in n and "probs:0, embedding:0" in n for n in report.notes)
+    model = load(tmp_path / "in", '{"features": [2, 8]}')
+    assert "Erfc" not in {n.op_type for n in model.onnx_model.graph.node}  # erfc(x) = 1 - erf(x)
+    x = np.random.default_rng(9).standard_normal((2, 8)).astype(np.float32)
+    for got, want in zip(Model(tmp_path / "out" / "model.tar.gz").run(x), model.reference({"features": x})):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_unknown_output_names_suggest_the_final_nodes(tfmodels):
     with pytest.raises(ValidationError) as err:
         load(tfmodels / "frozen", FROZEN_CONFIG, None, {"output_names": ["softmax:0"]})
-    assert "'Identity'" in err.value.message  # the graph's final nodes are suggested
+    assert err.value.field == "OutputConfig.CompilerOptions.output_names"
+    assert "['Identity']" in err.value.message  # the graph's final nodes are suggested
 
 
 def test_frozen_graph_needs_data_input_config(tfmodels):

@@ -284,7 +284,7 @@ def _kernel_check(ctx: _Context, backend: GpuBackend) -> Check:
         return Check("error", "kernels", tolerance, detail=_brief(exc))
     if isinstance(ran, str):
         return Check("error", "kernels", tolerance, detail=ran)
-    check = compare(ran[0], ctx.inputs.expected[0], tolerance, ran[1])
+    check = compare(ran[0], ctx.inputs.expected[0], tolerance, ran[1], _quantization(ctx))
     if check.status == "mismatch" and not check.detail:
         check.detail = (f"the {ctx.target.gpu.code} kernels computed outputs {check.max_rel_err:.2e} from the "
                         f"framework's (tolerance {tolerance:.0e}) on {ran[1]}")
@@ -385,12 +385,18 @@ def _ordered(ctx: _Context, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return [feeds[i.name] for i in ctx.model.inputs]
 
 
+def _quantization(ctx: _Context) -> list:
+    """Each output's quantization (int8 models), which sets its tolerance in quantization steps."""
+    return [o.quantization for o in ctx.model.outputs]
+
+
 def _check_samples(ctx: _Context, run: Callable[[list[np.ndarray]], list[np.ndarray]], ran_on: str) -> Check:
     """Run every check sample through run and compare it with the source's outputs: the first sample that
     does not match, else the check with the largest error."""
     worst: Check | None = None
     for index, (feeds, expected) in enumerate(zip(ctx.inputs.samples, ctx.inputs.expected)):
-        check = compare(run(_ordered(ctx, feeds)), expected, TOLERANCE[ctx.options.precision], ran_on)
+        check = compare(run(_ordered(ctx, feeds)), expected, TOLERANCE[ctx.options.precision], ran_on,
+                        _quantization(ctx))
         if not check.ran:
             if index:
                 check.detail = (check.detail or f"max rel err {check.max_rel_err:.2e} > tolerance "

@@ -46,25 +46,6 @@ class TensorSpec:
         return meta
 
 
-class QuantizedArray(np.ndarray):
-    """A reference output carrying its tensor's Quantization, so verification can allow whole quantization
-    steps (see verify.compare) where only the reference's outputs reach it."""
-
-    quantization: Quantization | None = None
-
-    def __array_finalize__(self, obj: Any) -> None:
-        self.quantization = getattr(obj, "quantization", None)
-
-
-def with_quantization(array: np.ndarray, quantization: Quantization | None) -> np.ndarray:
-    """array tagged with its tensor's quantization (unchanged when there is none)."""
-    if quantization is None:
-        return array
-    tagged = np.asarray(array).view(QuantizedArray)
-    tagged.quantization = quantization
-    return tagged
-
-
 @dataclass
 class ConvertedModel:
     """A framework model in Kiln's common form, with its source framework as the reference."""

@@ -21,7 +21,7 @@ from modelkiln.frontends.base import ConvertedModel, Feeds, TensorSpec, exactly_
 from modelkiln.frontends.input_config import FIELD, parse_data_input_config
 from modelkiln.frontends.onnx import output_specs
 from modelkiln.frontends.tf_common import (
-    OPSET, ModelInput, conversion_failed, finish_onnx, first_line, fits, import_tf2onnx, import_tensorflow,
+    OPSET, ModelInput, conversion_failed, convert_function, finish_onnx, first_line, fits, import_tensorflow,
     match_names, stderr_silenced,
 )
 
@@ -63,13 +63,9 @@ def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None
 
     outputs = output_specs(reference, inputs, _output_names(model))
     tf_specs = [tf.TensorSpec(shape, s.dtype, name=s.name) for s, shape in zip(inputs, keras_shapes)]
-    tf2onnx = import_tf2onnx()
     try:
         with stderr_silenced():
-            onnx_model, _ = tf2onnx.convert.from_function(
-                tf.function(lambda *a: call(a), input_signature=tf_specs), input_signature=tf_specs, opset=OPSET,
-                inputs_as_nchw=nchw or None,
-            )
+            onnx_model = convert_function(tf.function(lambda *a: call(a), input_signature=tf_specs), tf_specs, nchw)
     except Exception as exc:
         raise conversion_failed("tf2onnx", exc, "replace the failing layer with standard Keras layers.") from None
     return ConvertedModel(

@@ -13,12 +13,16 @@ from modelkiln.frontends.base import ConvertedModel, Feeds, TensorSpec, exactly_
 from modelkiln.frontends.input_config import FIELD, parse_data_input_config
 from modelkiln.frontends.onnx import output_specs
 from modelkiln.frontends.tf_common import (
-    OPSET, ModelInput, conversion_failed, finish_onnx, first_line, import_tf2onnx, import_tensorflow, numpy_dtype,
-    static_inputs, stderr_silenced, strip_port,
+    OPSET, ModelInput, conversion_failed, convert_function, convert_graph_def, finish_onnx, first_line,
+    import_tensorflow, numpy_dtype, static_inputs, stderr_silenced, strip_port,
 )
 
 OPTIONS = "OutputConfig.CompilerOptions"
 DEFAULT_SIGNATURE = "serving_default"
+# Node types that end a graph without being one of its outputs (side effects, checkpoints, inputs).
+NOT_OUTPUTS = frozenset({"Const", "NoOp", "Placeholder", "Assert", "Print", "PrintV2", "SaveV2", "Save", "SaveSlices",
+                         "RestoreV2", "Restore", "RestoreSlice", "MergeV2Checkpoints", "ShardedFilename",
+                         "Assign", "AssignVariableOp", "VarHandleOp", "VariableV2", "Variable"})
 SAVE_HINT = "save the model with tf.saved_model.save(model, 'export_dir') and archive that folder."
 
 
@@ -33,7 +37,8 @@ def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None
     if saved_model is not None:
         return _load_saved_model(saved_model, wanted, str(options.get("signature_def_key") or DEFAULT_SIGNATURE))
     path = exactly_one(model_dir, (".pb",), "TensorFlow")
-    return _load_frozen_graph(path, wanted, _output_names(options.get("output_names")))
+    names = options.get("output_names")
+    return _load_frozen_graph(path, wanted, None if names is None else _output_names(names))
 
 
 def _saved_model_dir(model_dir: Path) -> Path | None:
@@ -114,7 +119,8 @@ def _saved_model_version(folder: Path) -> str | None:
     return versions.pop() if len(versions) == 1 else None
 
 
-def _load_frozen_graph(path: Path, wanted: list[TensorSpec] | None, output_names: list[str]) -> ConvertedModel:
+def _load_frozen_graph(path: Path, wanted: list[TensorSpec] | None, output_names: list[str] | None
+                       ) -> ConvertedModel:
     tf = import_tensorflow()
     graph_def = tf.compat.v1.GraphDef()
     try:
@@ -131,7 +137,13 @@ def _load_frozen_graph(path: Path, wanted: list[TensorSpec] | None, output_names
         raise ValidationError(FIELD, "a frozen graph needs DataInputConfig naming its input tensors, e.g. "
                               + ", ".join(f'{{"{i.name}:0": {i.example()}}}' for i in declared[:3]))
     inputs = static_inputs(declared, wanted, "TensorFlow")
-    outputs_wanted = _checked_outputs(output_names, nodes, graph_def)
+    notes = []
+    if output_names is None:  # as Neo: the graph's final nodes are its outputs
+        outputs_wanted = _sink_outputs(graph_def, path.name)
+        notes.append("no output_names in CompilerOptions: the outputs are the graph's final nodes (those no other "
+                     f"node consumes): {', '.join(outputs_wanted)}.")
+    else:
+        outputs_wanted = _checked_outputs(output_names, nodes, graph_def)
     tensor_names = [f"{i.name}:0" for i in inputs]
 
     def imported(*args):
@@ -149,13 +161,10 @@ def _load_frozen_graph(path: Path, wanted: list[TensorSpec] | None, output_names
         return [t.numpy() for t in pruned(*[tf.constant(feeds[i.name]) for i in inputs])]
 
     outputs = output_specs(reference, inputs, [strip_port(n) for n in outputs_wanted])
-    tf2onnx = import_tf2onnx()
     try:
         with stderr_silenced():
-            model, _ = tf2onnx.convert.from_graph_def(
-                graph_def, input_names=tensor_names, output_names=outputs_wanted, opset=OPSET,
-                shape_override={n: list(i.shape) for n, i in zip(tensor_names, inputs)},
-            )
+            model = convert_graph_def(graph_def, tensor_names, outputs_wanted,
+                                      shape_override={n: list(i.shape) for n, i in zip(tensor_names, inputs)})
     except Exception as exc:
         raise conversion_failed("tf2onnx", exc, "check the graph is frozen (variables folded to constants).") from None
     return ConvertedModel(
@@ -165,15 +174,11 @@ def _load_frozen_graph(path: Path, wanted: list[TensorSpec] | None, output_names
         converters=_converters(tf),
         notes=[f"frozen graph converted to ONNX opset {OPSET} with tf2onnx; inputs and outputs are named "
                "after their graph nodes without the ':0' suffix, in the layout the graph takes (NHWC "
-               "for TensorFlow image models)."],
+               "for TensorFlow image models).", *notes],
     )
 
 
 def _output_names(value: Any) -> list[str]:
-    if value is None:
-        raise ValidationError(f"{OPTIONS}.output_names",
-                              "a frozen graph does not say which tensors are its outputs; give them, e.g. "
-                              "{\"output_names\": [\"Identity:0\"]} (or a comma-separated string).")
     names = value.split(",") if isinstance(value, str) else value
     if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names) or not names:
         raise ValidationError(f"{OPTIONS}.output_names", f"must be a list of tensor names, got {value!r}")
@@ -184,18 +189,52 @@ def _checked_outputs(names: list[str], nodes: dict, graph_def) -> list[str]:
     """Output tensor names with their ":0"; unknown ones refused with the graph's likely outputs."""
     unknown = [n for n in names if strip_port(n) not in nodes]
     if unknown:
-        consumed = {strip_port(i.lstrip("^")) for n in graph_def.node for i in n.input}
-        ends = [n.name for n in graph_def.node if n.name not in consumed and n.op not in ("Const", "NoOp")]
+        ends = [n.name for n in _sink_nodes(graph_def)]
         raise ValidationError(f"{OPTIONS}.output_names",
                               f"{unknown} are not nodes of the graph; its final nodes are {ends[:10]}.")
     return [n if n != strip_port(n) else f"{n}:0" for n in names]
 
 
+def _sink_nodes(graph_def) -> list:
+    """Nodes no other node consumes (by data or control edge) that are computed from the graph's inputs:
+    constants, bookkeeping (NoOp, Assert, Save/Restore, Print) and leftovers that read no input are no outputs."""
+    consumers: dict[str, list[str]] = {}
+    for node in graph_def.node:
+        for name in node.input:
+            consumers.setdefault(strip_port(name.lstrip("^")), []).append(node.name)
+    reached: set[str] = set()  # forward from the placeholders; a walk, since loops make cycles
+    frontier = [n.name for n in graph_def.node if n.op == "Placeholder"]
+    while frontier:
+        name = frontier.pop()
+        if name not in reached:
+            reached.add(name)
+            frontier.extend(consumers.get(name, []))
+    return [n for n in graph_def.node if n.name not in consumers and n.name in reached
+            and n.op not in NOT_OUTPUTS and "AssertGuard" not in n.name.split("/")]  # TF2's Assert: If + Identity
+
+
+def _sink_outputs(graph_def, file_name: str) -> list[str]:
+    """The tensors of the graph's sink nodes (every output port of each), as output_names would give them."""
+    tf = import_tensorflow()
+    sinks = _sink_nodes(graph_def)
+    if not sinks:
+        raise CompilationError("convert", f"{file_name} has no node that computes a value from its inputs "
+                               "and that no other node consumes, so its outputs cannot be told.",
+                               'give the output tensors in CompilerOptions, e.g. {"output_names": ["Identity:0"]}.')
+    graph = tf.Graph()
+    try:
+        with graph.as_default(), stderr_silenced():
+            tf.graph_util.import_graph_def(graph_def, name="")
+    except Exception as exc:
+        raise CompilationError("convert", f"TensorFlow cannot import {file_name}: {first_line(exc)}",
+                               SAVE_HINT) from None
+    return [t.name for n in sinks for t in graph.get_operation_by_name(n.name).outputs if t.dtype != tf.resource]
+
+
 def _from_function(function, tf_specs: list, inputs: list[TensorSpec], outputs: list[TensorSpec]):
-    tf2onnx = import_tf2onnx()
     try:
         with stderr_silenced():
-            model, _ = tf2onnx.convert.from_function(function, input_signature=tf_specs, opset=OPSET)
+            model = convert_function(function, tf_specs)
     except Exception as exc:
         raise conversion_failed("tf2onnx", exc, "replace the failing operation, or export a frozen graph.") from None
     return finish_onnx(model, inputs, outputs, "tf2onnx")

@@ -1,5 +1,6 @@
 """What the TensorFlow, Keras and TFLite frontends share: a quiet TensorFlow import, matching
-DataInputConfig against the model's own inputs, and tf2onnx's output made into Kiln's ONNX."""
+DataInputConfig against the model's own inputs, tf.functions frozen and converted with tf2onnx (with
+Kiln's handlers for TensorFlow ops tf2onnx lacks), and tf2onnx's output made into Kiln's ONNX."""
 from __future__ import annotations
 
 import contextlib
@@ -167,6 +168,44 @@ def finish_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], outputs: list[
         return onnx.shape_inference.infer_shapes(model)
     except Exception:  # shapes are an optimisation hint for the backends, not a requirement
         return model
+
+
+def convert_function(function, tf_specs: list, inputs_as_nchw: list[str] | None = None) -> onnx.ModelProto:
+    """tf2onnx on a tf.function, frozen here first: every captured variable *and* captured constant tensor
+    becomes a graph constant. (tf2onnx's from_function keeps captured tensors, e.g. a Keras Normalization
+    layer's mean and variance, as extra graph inputs.) inputs_as_nchw: spec names whose input becomes NCHW."""
+    tf = import_tensorflow()
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    concrete = function.get_concrete_function(*tf_specs)
+    frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False, aggressive_inlining=True)
+    inputs = [t.name for t in frozen.inputs if t.dtype != tf.resource]
+    nchw = [name for name, spec in zip(inputs, tf_specs) if spec.name in (inputs_as_nchw or [])]
+    return convert_graph_def(frozen.graph.as_graph_def(add_shapes=True), inputs, [t.name for t in frozen.outputs],
+                             inputs_as_nchw=nchw or None)
+
+
+def convert_graph_def(graph_def, input_names: list[str], output_names: list[str], **options: Any) -> onnx.ModelProto:
+    """tf2onnx on a frozen GraphDef, with Kiln's handlers for the TensorFlow ops tf2onnx has none for."""
+    tf2onnx = import_tf2onnx()
+    model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=input_names, output_names=output_names,
+                                              opset=OPSET, custom_op_handlers=tf_op_handlers(), **options)
+    return model
+
+
+def tf_op_handlers() -> dict[str, tuple]:
+    """tf2onnx custom op handlers (op type -> (handler, args)) for TensorFlow ops it cannot convert."""
+    return {"Erfc": (_erfc_as_one_minus_erf, [])}
+
+
+def _erfc_as_one_minus_erf(ctx, node, name: str, args: list) -> None:
+    """Keras 3's exact gelu (0.5 * x * erfc(-x / sqrt 2)) calls Erfc, which ONNX lacks: erfc(x) = 1 - erf(x)."""
+    from onnx import helper
+    from tf2onnx import utils
+    node.type = "Erf"
+    dtype = helper.tensor_dtype_to_np_dtype(ctx.get_dtype(node.output[0]))
+    one = ctx.make_const(utils.make_name(f"{name}_one"), np.array(1, dtype))
+    ctx.insert_new_node_on_output("Sub", node.output[0], name=utils.make_name(f"{name}_erfc"),
+                                  inputs=[one.output[0], node.output[0]])
 
 
 def rename(model: onnx.ModelProto, mapping: dict[str, str]) -> None:

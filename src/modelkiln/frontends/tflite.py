@@ -2,23 +2,35 @@
 Reference: the LiteRT interpreter (ai-edge-litert) running the file.
 
 Quantized models stay quantized: tf2onnx writes TFLite's int8 arithmetic as QuantizeLinear/
-DequantizeLinear around float ops, and int8 inputs/outputs stay int8 in the compiled model.
+DequantizeLinear around float ops, and int8 inputs/outputs stay int8 in the compiled model. Quantized
+outputs (and float outputs dequantized from int8) carry their scale and zero point, and are verified
+within whole quantization steps.
+
+Sparse constants are made dense for tf2onnx. MediaPipe's custom operators (tflite_custom_ops) are
+converted by Kiln's handlers. LiteRT's XNNPACK delegate runs them for the reference where it takes their
+options; where it declines (e.g. overlapping pooling windows, a fused activation), the reference is LiteRT
+running the model cut around them, with Kiln's numpy kernels for them in between.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from modelkiln.errors import CompilationError
+from modelkiln.frontends import tflite_flatbuffer as fb
 from modelkiln.frontends.base import ConvertedModel, Feeds, TensorSpec, exactly_one
 from modelkiln.frontends.input_config import parse_data_input_config
 from modelkiln.frontends.tf_common import (
     OPSET, ModelInput, conversion_failed, finish_onnx, first_line, import_tf2onnx, match_names, static_inputs,
     stderr_silenced, strip_port,
 )
+from modelkiln.frontends.tflite_custom_onnx import handlers
+from modelkiln.frontends.tflite_custom_ops import KERNELS, Options, parse_options
 
 SAVE_HINT = "convert the model with tf.lite.TFLiteConverter and archive the .tflite file."
 SIGNATURE_PREFIX = "serving_default_"  # what TFLiteConverter prefixes to a SavedModel/Keras input's name
@@ -30,27 +42,19 @@ def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None
 
     Input dtypes come from the flatbuffer, so CompilerOptions DTYPE is not needed here."""
     path = exactly_one(model_dir, (".tflite",), "TFLite")
-    interpreter = _interpreter(path)
-    in_details, out_details = interpreter.get_input_details(), interpreter.get_output_details()
-    declared = [ModelInput(strip_port(d["name"]), _dims(d), np.dtype(d["dtype"]).name) for d in in_details]
-    wanted = parse_data_input_config(data_input_config)
-    if wanted is not None:
-        # "image" for "serving_default_image:0": users know inputs by the name they gave them in Keras/TF.
-        aliases = {d.name[len(SIGNATURE_PREFIX):]: d.name for d in declared if d.name.startswith(SIGNATURE_PREFIX)}
-        by_name = match_names(declared, wanted, aliases)
-        wanted = [TensorSpec(name, spec.shape, spec.dtype) for name, spec in by_name.items()]
-    notes = []
-    if wanted is None:  # the flatbuffer records the shape its interpreter allocates (batch 1 as converted)
-        wanted = [TensorSpec(i.name, tuple(int(x) for x in d["shape"]), i.dtype) for i, d in zip(declared, in_details)]
-        notes.append("no DataInputConfig: compiled for the input shapes the .tflite file records, "
-                     + ", ".join(f"{w.name} {list(w.shape)}" for w in wanted) + ".")
-    inputs = static_inputs(declared, wanted, "TFLite")
-    for detail, spec in zip(in_details, inputs):
-        if tuple(detail["shape"]) != spec.shape:
-            interpreter.resize_tensor_input(detail["index"], list(spec.shape), strict=True)
-    interpreter.allocate_tensors()
+    data = path.read_bytes()
+    flat = _flatbuffer(path, data)
+    sparse = fb.densify(flat)  # tf2onnx cannot read sparse constants; LiteRT runs the original file
+    customs = _known_custom_ops(flat)
+    interpreter, cut, declined = _interpreter(path, data, flat, customs)
+    by_index = {d["index"]: d for d in [*interpreter.get_input_details(), *interpreter.get_output_details()]}
+    in_details = [by_index[int(i)] for i in flat.subgraphs[0].inputs]
+    out_details = [by_index[int(i)] for i in flat.subgraphs[0].outputs]
+    inputs, notes = _input_specs(in_details, data_input_config)
+    inputs = [replace(s, quantization=fb.quantization(flat, d["index"])) for s, d in zip(inputs, in_details)]
+    _allocate(path, interpreter, in_details, inputs, customs if cut else [])
 
-    onnx_model = _convert(path, in_details, inputs)
+    onnx_model = _convert(fb.write_model(flat) if sparse else data, in_details, inputs, customs)
     # tf2onnx keeps TFLite's tensor names: line our inputs and outputs up with the ONNX graph's order.
     order = [strip_port(v.name) for v in onnx_model.graph.input]
     inputs = sorted(inputs, key=lambda s: order.index(s.name) if s.name in order else len(order))
@@ -58,16 +62,17 @@ def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None
     out_details = sorted(out_details, key=lambda d: out_order.index(strip_port(d["name"]))
                          if strip_port(d["name"]) in out_order else len(out_order))
     index = {strip_port(d["name"]): d["index"] for d in in_details}
+    quantization = {d["index"]: fb.quantization(flat, d["index"]) for d in out_details}
+    run = _staged_run(interpreter, flat, cut, customs) if cut else _plain_run(interpreter, out_details)
 
     def reference(feeds: Feeds) -> list[np.ndarray]:
-        for spec in inputs:
-            interpreter.set_tensor(index[spec.name], np.ascontiguousarray(feeds[spec.name]))
-        interpreter.invoke()
-        return [interpreter.get_tensor(d["index"]).copy() for d in out_details]
+        values = run({index[s.name]: np.ascontiguousarray(feeds[s.name]) for s in inputs})
+        return [values[d["index"]] for d in out_details]
 
     outputs = [TensorSpec(strip_port(d["name"]), tuple(int(x) for x in interpreter.get_tensor(d["index"]).shape),
-                          np.dtype(d["dtype"]).name) for d in out_details]
+                          np.dtype(d["dtype"]).name, quantization[d["index"]]) for d in out_details]
     quantized = [s.name for s in (*inputs, *outputs) if np.dtype(s.dtype).kind in "iu"]
+    notes += _custom_notes(customs, declined if cut else None, sparse) + _quantization_notes(outputs)
     return ConvertedModel(
         onnx_model=finish_onnx(onnx_model, inputs, outputs, "tf2onnx (TFLite)"), inputs=inputs, outputs=outputs,
         reference=reference, framework="TFLITE", framework_version=_min_runtime_version(path),
@@ -75,26 +80,151 @@ def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None
     )
 
 
-def _interpreter(path: Path):
-    from ai_edge_litert.interpreter import Interpreter
+def _input_specs(in_details: list[dict], data_input_config: str | None) -> tuple[list[TensorSpec], list[str]]:
+    """(static input specs, notes): DataInputConfig's shapes checked against the file's, or the file's own."""
+    declared = [ModelInput(strip_port(d["name"]), _dims(d), np.dtype(d["dtype"]).name) for d in in_details]
+    wanted = parse_data_input_config(data_input_config)
+    if wanted is not None:
+        # "image" for "serving_default_image:0": users know inputs by the name they gave them in Keras/TF.
+        aliases = {d.name[len(SIGNATURE_PREFIX):]: d.name for d in declared if d.name.startswith(SIGNATURE_PREFIX)}
+        by_name = match_names(declared, wanted, aliases)
+        return static_inputs(declared, [TensorSpec(n, s.shape, s.dtype) for n, s in by_name.items()], "TFLite"), []
+    # the flatbuffer records the shape its interpreter allocates (batch 1 as converted)
+    wanted = [TensorSpec(i.name, tuple(int(x) for x in d["shape"]), i.dtype) for i, d in zip(declared, in_details)]
+    return static_inputs(declared, wanted, "TFLite"), [
+        "no DataInputConfig: compiled for the input shapes the .tflite file records, "
+        + ", ".join(f"{w.name} {list(w.shape)}" for w in wanted) + "."]
+
+
+def _allocate(path: Path, interpreter, in_details: list[dict], inputs: list[TensorSpec], kiln_run: list) -> None:
+    """Resize the interpreter's inputs to the specs; kiln_run: custom operators Kiln's kernels compute, whose
+    outputs are fed at the shapes the file records, so the inputs must keep theirs."""
+    for detail, spec in zip(in_details, inputs):
+        if tuple(detail["shape"]) != spec.shape:
+            if kiln_run:
+                raise CompilationError("convert", f"{path.name} uses custom operator(s) {_names(kiln_run)}, which "
+                                       "LiteRT cannot run here and Kiln runs only at the input shapes the file "
+                                       f"records ({spec.name} {list(detail['shape'])}).",
+                                       "leave DataInputConfig out, or give the recorded shapes.")
+            interpreter.resize_tensor_input(detail["index"], list(spec.shape), strict=True)
+    interpreter.allocate_tensors()
+
+
+def _known_custom_ops(flat) -> list["CustomOp"]:
+    """The model's custom operators Kiln converts (MediaPipe's), with their options."""
+    return [CustomOp(op, fb.opcode_name(flat, op), fb.tensor_name(flat, int(op.outputs[0])),
+                     parse_options(fb.opcode_name(flat, op), _raw(op)))
+            for op in fb.custom_ops(flat) if fb.opcode_name(flat, op) in KERNELS]
+
+
+@dataclass(frozen=True)
+class CustomOp:
+    """A custom operator of the model that Kiln converts (and runs, where LiteRT cannot; see tflite_custom_ops)."""
+
+    op: Any  # the flatbuffer's OperatorT
+    name: str
+    output: str  # its first output tensor's name: what tf2onnx names its node
+    options: Options
+
+
+def _raw(op) -> bytes | None:
+    return None if op.customOptions is None else bytes(np.asarray(op.customOptions, np.uint8))
+
+
+def _names(customs: list[CustomOp]) -> str:
+    return ", ".join(sorted({c.name for c in customs}))
+
+
+def _flatbuffer(path: Path, data: bytes):
     try:
-        with stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-            interpreter = Interpreter(model_path=str(path))
-            interpreter.allocate_tensors()
+        return fb.read_model(data)
     except Exception as exc:
         raise CompilationError("convert", f"{path.name} is not a TFLite model the LiteRT interpreter can load "
                                f"({first_line(exc)}).", SAVE_HINT) from None
+
+
+def _interpreter(path: Path, data: bytes, flat, customs: list[CustomOp]) -> tuple[Any, fb.CutModel | None, str]:
+    """(interpreter, cut, why): LiteRT on the file (its XNNPACK delegate runs MediaPipe's operators where it takes
+    their options); where it cannot, LiteRT on the model cut around the MediaPipe operators Kiln runs itself
+    (why: LiteRT's error). Custom operators neither can run leave no reference: refused, naming them."""
+    try:
+        return _litert(data), None, ""
+    except Exception as exc:
+        error = first_line(exc)
+    if customs:
+        cut = fb.cut_custom_ops(flat, set(KERNELS))
+        try:
+            return _litert(cut.data), cut, error
+        except Exception as exc:
+            error = first_line(exc)
+    unknown = sorted({fb.opcode_name(flat, op) for op in fb.custom_ops(flat)} - set(KERNELS))
+    if unknown:
+        raise CompilationError(
+            "convert", f"{path.name} uses custom operator(s) {', '.join(unknown)} that the LiteRT interpreter has no "
+            "kernel for (the app that ships such a model registers its own), so there is no reference to check a "
+            f"compiled model against ({error}).",
+            "rebuild those layers from TFLite builtin operators. Kiln itself converts and runs only MediaPipe's "
+            f"{', '.join(sorted(KERNELS))}.")
+    raise CompilationError("convert", f"{path.name} is not a TFLite model the LiteRT interpreter can load ({error})"
+                           + (f", even without its custom operator(s) {_names(customs)}." if customs else "."),
+                           SAVE_HINT)
+
+
+def _litert(content: bytes):
+    from ai_edge_litert.interpreter import Interpreter
+    with stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        interpreter = Interpreter(model_content=content)
+        interpreter.allocate_tensors()
     return interpreter
 
 
-def _convert(path: Path, in_details: list[dict], inputs: list[TensorSpec]):
+def _plain_run(interpreter, out_details: list[dict]) -> Callable[[dict[int, np.ndarray]], dict[int, np.ndarray]]:
+    def run(feeds: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        for tensor, value in feeds.items():
+            interpreter.set_tensor(tensor, value)
+        interpreter.invoke()
+        return {d["index"]: interpreter.get_tensor(d["index"]).copy() for d in out_details}
+    return run
+
+
+def _staged_run(interpreter, flat, cut: fb.CutModel, customs: list[CustomOp]
+                ) -> Callable[[dict[int, np.ndarray]], dict[int, np.ndarray]]:
+    """The reference for a model with custom operators: LiteRT runs the model cut around them once per custom
+    operator, and Kiln's numpy kernel computes each from the inputs the run before produced."""
+    details = {d["index"]: d for d in interpreter.get_input_details()}
+    blank = {t: np.zeros(details[t]["shape"], details[t]["dtype"]) for t in cut.fed}
+    constants = {int(t): fb.constant(flat, int(t)) for c in customs for t in c.op.inputs}
+
+    def run(feeds: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        known: dict[int, np.ndarray] = {}
+        for step in range(len(customs) + 1):  # each step needs only the custom operators before it
+            for tensor, value in {**feeds, **blank, **known}.items():
+                interpreter.set_tensor(tensor, value)
+            interpreter.invoke()
+            if step < len(customs):
+                custom = customs[step]
+                args = [constants[int(t)] if constants[int(t)] is not None else interpreter.get_tensor(int(t))
+                        for t in custom.op.inputs]
+                known.update(zip((int(t) for t in custom.op.outputs), KERNELS[custom.name](args, custom.options)))
+        return {t: known[t] if t in known else interpreter.get_tensor(t).copy() for t in cut.outputs}
+    return run
+
+
+def _convert(content: bytes, in_details: list[dict], inputs: list[TensorSpec], customs: list[CustomOp]):
     tf2onnx = import_tf2onnx()
     shapes = {d["name"]: list(s.shape) for d, s in zip(in_details, inputs)}
-    try:
-        with stderr_silenced():
-            model, _ = tf2onnx.convert.from_tflite(str(path), opset=OPSET, shape_override=shapes)
-    except Exception as exc:
-        raise conversion_failed("tf2onnx", exc, "rebuild the model with TFLite builtin operators only.") from None
+    options, errors = {c.output: (c.name, c.options) for c in customs}, []
+    with tempfile.TemporaryDirectory(prefix="kiln-tflite-") as tmp:
+        path = Path(tmp) / "model.tflite"  # tf2onnx reads a file
+        path.write_bytes(content)
+        try:
+            with stderr_silenced():
+                model, _ = tf2onnx.convert.from_tflite(str(path), opset=OPSET, shape_override=shapes,
+                                                       custom_op_handlers=handlers(options, errors) or None)
+        except Exception as exc:
+            raise conversion_failed("tf2onnx", exc, "rebuild the model with TFLite builtin operators only.") from None
+    if errors:  # a custom operator Kiln's handler refused: its reason beats "no conversion for TFL_..."
+        raise errors[0]
     return model
 
 
@@ -119,6 +249,30 @@ def _min_runtime_version(path: Path) -> str | None:
     except Exception:  # the interpreter loaded the file; a missing record is no reason to fail
         return None
     return None
+
+
+def _custom_notes(customs: list[CustomOp], declined: str | None, sparse: int) -> list[str]:
+    notes = []
+    if customs and declined is None:
+        notes.append(f"custom operator(s) {_names(customs)} (MediaPipe's) converted to standard ONNX operators by "
+                     "Kiln; the reference, LiteRT, runs them with its XNNPACK delegate's MediaPipe kernels.")
+    elif customs:
+        notes.append(f"custom operator(s) {_names(customs)} (MediaPipe's) converted to standard ONNX operators by "
+                     f"Kiln. LiteRT cannot run them with these options ({declined}), so the reference is LiteRT "
+                     "running the rest of the model, with Kiln's numpy implementation of MediaPipe's kernels for "
+                     "them in between.")
+    if sparse:
+        notes.append(f"{sparse} sparse constant tensor(s) made dense for conversion; the reference ran the file as is.")
+    return notes
+
+
+def _quantization_notes(outputs: list[TensorSpec]) -> list[str]:
+    quantized = [f"{o.name} (scale {o.quantization.scale:.6g}, zero point {o.quantization.zero_point})"
+                 for o in outputs if o.quantization is not None]
+    if not quantized:
+        return []
+    return [f"quantized output(s) {', '.join(quantized)}: verification allows whole quantization steps of "
+            "difference from LiteRT (integer kernels round differently), not a relative tolerance."]
 
 
 def _notes(model, quantized: list[str]) -> list[str]:
