@@ -245,3 +245,10 @@ def test_the_artifact_is_written_with_the_users_umask(tmp_path, umask):
     finally:
         os.umask(old)
     assert (tmp_path / "out" / "model.tar.gz").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_forward_args_are_refused_for_frameworks_without_forward(tmp_path):
+    with pytest.raises(ValidationError) as err:
+        compile_job(CompileJob(model=tmp_path / "m.onnx", framework="ONNX", output_dir=tmp_path / "out",
+                               target_device="ml_c5", compiler_options='{"kiln-forward-args": {"sr": 16000}}'))
+    assert err.value.field == "OutputConfig.CompilerOptions.kiln-forward-args" and "ONNX" in err.value.message

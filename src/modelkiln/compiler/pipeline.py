@@ -31,7 +31,7 @@ from modelkiln.compiler.verify import (
     HOPELESS, HOST_TWIN, KILN_ARCH_ELF, OPENCL_TWIN, POCL_TWIN, PTX_TWIN, SAME_FILE, SPEC_ONLY, TOLERANCE, Check,
     compare, embedded_elf_arches, host_can_run, median_latencies_ms,
 )
-from modelkiln.errors import CompilationError, KilnError
+from modelkiln.errors import CompilationError, KilnError, ValidationError
 from modelkiln.frontends import ConvertedModel, check_framework, check_framework_version, frontend_for
 from modelkiln.runtime.executors import Executor, open_executor
 from modelkiln.runtime.model import host_arch
@@ -70,6 +70,9 @@ def validate(job: CompileJob) -> tuple[Target, CompilerOptions]:
     check_framework(job.framework)
     check_framework_version(job.framework, job.framework_version)
     options = parse_compiler_options(job.compiler_options)
+    if "kiln-forward-args" in options.recorded and job.framework.upper() != "PYTORCH":
+        raise ValidationError("OutputConfig.CompilerOptions.kiln-forward-args",
+                              f"binds a TorchScript forward()'s non-tensor parameters; {job.framework} models have none")
     target = resolve(options, device=job.target_device, platform_=job.target_platform)
     return target, options
 
