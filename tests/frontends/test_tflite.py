@@ -227,6 +227,20 @@ def test_one_step_differences_pass_only_as_quantization_steps(int8models, name):
     assert plain.status == "mismatch" and plain.max_rel_err > TOLERANCE["float32"]
 
 
+def test_a_saved_models_outputs_keep_their_ports_and_dynamic_tensors_get_shapes(tmp_path):
+    """A SavedModel's outputs are all StatefulPartitionedCall:N, and an LSTM's tensors have no data before the
+    first invoke (Spotify's Basic Pitch has both): the outputs keep their ports and take their run's shapes."""
+    seq = keras.Input((12, 4), batch_size=1)
+    lstm = keras.layers.LSTM(6, return_sequences=True)(seq)
+    model = keras.Model(seq, [keras.layers.Dense(3)(lstm), keras.layers.Dense(2)(lstm[:, -1])])
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    report = compile_lite(tar_gz(tmp_path / "m.tar.gz", tmp_path / "m" / "model.tflite"), tmp_path / "out")
+    assert sorted((o["name"], tuple(o["shape"])) for o in report.outputs) == [
+        ("StatefulPartitionedCall_1:0", (1, 12, 3)), ("StatefulPartitionedCall_1:1", (1, 2))]
+    assert report.verified
+
+
 # --- MediaPipe's custom operators and sparse weights ---------------------------------------------------------
 
 SEG = np.random.default_rng(3)

@@ -58,9 +58,13 @@ def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None
     # tf2onnx keeps TFLite's tensor names: line our inputs and outputs up with the ONNX graph's order.
     order = [strip_port(v.name) for v in onnx_model.graph.input]
     inputs = sorted(inputs, key=lambda s: order.index(s.name) if s.name in order else len(order))
-    out_order = [strip_port(v.name) for v in onnx_model.graph.output]
-    out_details = sorted(out_details, key=lambda d: out_order.index(strip_port(d["name"]))
-                         if strip_port(d["name"]) in out_order else len(out_order))
+    out_names = _output_names([d["name"] for d in out_details])
+    position: dict[str, int] = {}
+    for i, value in enumerate(onnx_model.graph.output):  # by its name, with or without the port
+        position.setdefault(value.name, i)
+        position.setdefault(strip_port(value.name), i)
+    out_details = sorted(out_details, key=lambda d: position.get(d["name"], position.get(strip_port(d["name"]),
+                                                                                         len(position))))
     index = {strip_port(d["name"]): d["index"] for d in in_details}
     quantization = {d["index"]: fb.quantization(flat, d["index"]) for d in out_details}
     run = _staged_run(interpreter, flat, cut, customs) if cut else _plain_run(interpreter, out_details)
@@ -69,8 +73,10 @@ def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None
         values = run({index[s.name]: np.ascontiguousarray(feeds[s.name]) for s in inputs})
         return [values[d["index"]] for d in out_details]
 
-    outputs = [TensorSpec(strip_port(d["name"]), tuple(int(x) for x in interpreter.get_tensor(d["index"]).shape),
-                          np.dtype(d["dtype"]).name, quantization[d["index"]]) for d in out_details]
+    # Output shapes from one run: a dynamic tensor (an LSTM's, a resized one's) has no data before invoke.
+    shapes = [o.shape for o in reference({s.name: np.zeros(s.shape, s.dtype) for s in inputs})]
+    outputs = [TensorSpec(out_names[d["name"]], tuple(int(x) for x in shape), np.dtype(d["dtype"]).name,
+                          quantization[d["index"]]) for d, shape in zip(out_details, shapes)]
     quantized = [s.name for s in (*inputs, *outputs) if np.dtype(s.dtype).kind in "iu"]
     notes += _custom_notes(customs, declined if cut else None, sparse) + _quantization_notes(outputs)
     return ConvertedModel(
@@ -141,6 +147,13 @@ def _flatbuffer(path: Path, data: bytes):
     except Exception as exc:
         raise CompilationError("convert", f"{path.name} is not a TFLite model the LiteRT interpreter can load "
                                f"({first_line(exc)}).", SAVE_HINT) from None
+
+
+def _output_names(names: list[str]) -> dict[str, str]:
+    """TFLite tensor name -> Kiln's output name: without its ":N" port, unless two outputs would then share one
+    (a SavedModel's StatefulPartitionedCall:0, :1, ... all end up as outputs)."""
+    stripped = [strip_port(n) for n in names]
+    return {n: s if stripped.count(s) == 1 else n for n, s in zip(names, stripped)}
 
 
 def _interpreter(path: Path, data: bytes, flat, customs: list[CustomOp]) -> tuple[Any, fb.CutModel | None, str]:
