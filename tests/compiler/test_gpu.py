@@ -144,16 +144,20 @@ def test_tree_models_on_a_gpu_target_name_the_cpu_route(tmp_path):
     from sklearn.ensemble import RandomForestRegressor
     import joblib
 
+    from sklearn.linear_model import LinearRegression
+
     rng = np.random.default_rng(0)
-    forest = RandomForestRegressor(n_estimators=3, max_depth=3, random_state=0).fit(rng.random((50, 4)), rng.random(50))
-    joblib.dump(forest, tmp_path / "model.joblib")
-    with tarfile.open(tmp_path / "m.tar.gz", "w:gz") as tar:
-        tar.add(tmp_path / "model.joblib", arcname="model.joblib")
-    job = CompileJob(model=tmp_path / "m.tar.gz", framework="SKLEARN", output_dir=tmp_path / "out",
-                     target_device="ml_g4dn")
-    with pytest.raises(CompilationError, match="tree ensembles .* are compiled for CPUs only") as err:
-        compile_job(job)
-    assert "without Accelerator" in err.value.hint
+    x, y = rng.random((50, 4)), rng.random(50)
+    for estimator, what in [(RandomForestRegressor(n_estimators=3, max_depth=3, random_state=0), "tree ensembles"),
+                            (LinearRegression(), "ONNX-ML operators")]:
+        joblib.dump(estimator.fit(x, y), tmp_path / "model.joblib")
+        with tarfile.open(tmp_path / "m.tar.gz", "w:gz") as tar:
+            tar.add(tmp_path / "model.joblib", arcname="model.joblib")
+        job = CompileJob(model=tmp_path / "m.tar.gz", framework="SKLEARN", output_dir=tmp_path / "out",
+                         target_device="ml_g4dn")
+        with pytest.raises(CompilationError, match=f"{what} .* are compiled for CPUs only") as err:
+            compile_job(job)
+        assert err.value.stage == "target" and "without Accelerator" in err.value.hint
 
 
 @pytest.mark.parametrize("device, host_elf", [("rk3399", "aarch64"), ("rk3288", "arm")])

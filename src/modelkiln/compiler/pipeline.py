@@ -94,10 +94,7 @@ def compile_job(job: CompileJob, progress: Progress = lambda stage, msg: None) -
         native = host_can_run(target)
         ctx = _Context(target, options, model, inputs, native, progress)
         order = target.backends_for(trees=model.tree_model is not None)
-        if not order:
-            raise CompilationError("compile", f"{target.name} runs models on its GPU, and tree ensembles "
-                                   f"({model.framework}) are compiled for CPUs only",
-                                   "compile for the device's CPU: a TargetPlatform without Accelerator.")
+        _check_gpu_takes(target, model)
         candidates = [Candidate(name, BACKENDS[name].version()) for name in order]
         with _stage("compile", stages, progress, f"{len(candidates)} candidate(s) for {target.name}"):
             for cand in candidates:
@@ -166,6 +163,19 @@ def _compile_coreml(job: CompileJob, target: Target, options: CompilerOptions, s
         report.artifact, report.artifact_sha256 = str(artifact), digest
         (job.output_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2))
     return report
+
+
+def _check_gpu_takes(target: Target, model: ConvertedModel) -> None:
+    """GPU targets compile neural nets only: tree ensembles and ONNX-ML operators (scikit-learn's linear models,
+    scalers) are CPU code. Refused at the "target" stage, naming the CPU route."""
+    if not target.gpu:
+        return
+    what = ("tree ensembles" if model.tree_model is not None else
+            "ONNX-ML operators (scikit-learn's estimators)" if model.forms == {"onnx-ml"} else "")
+    if what:
+        raise CompilationError("target", f"{target.name} runs models on its GPU, and {what} ({model.framework}) "
+                               "are compiled for CPUs only",
+                               "compile for the device's CPU: a TargetPlatform without Accelerator.")
 
 
 def _try_candidate(ctx: _Context, cand: Candidate, workdir: Path) -> None:
