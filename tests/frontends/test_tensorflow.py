@@ -232,3 +232,70 @@ def test_two_frozen_graphs_are_refused_at_fetch(tfmodels, tmp_path):
     with pytest.raises(CompilationError) as err:
         load(tmp_path, FROZEN_CONFIG, None, {"output_names": "Identity"})
     assert err.value.stage == "fetch" and "exactly one" in err.value.message
+
+
+class WithV1Optimizer(tf.Module):
+    """A model saved together with an optimizer's slot variables (Adam's m and v), as Keras 2 models such as
+    Spotify's Basic Pitch were: TF 2.21's object loader revives the optimizer as a plain object without
+    add_slot, so tf.saved_model.load fails though the serving signature is fine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = tf.Variable(np.arange(12, dtype=np.float32).reshape(4, 3) / 10)
+        self.b = tf.Variable(np.ones(3, np.float32))
+        self.optimizer = tf.compat.v1.train.AdamOptimizer(0.1)
+        self.optimizer.minimize(lambda: tf.reduce_sum((self.w - 1.0) ** 2), var_list=[self.w])
+
+    @tf.function(input_signature=[tf.TensorSpec([2, 4], tf.float32, name="features")])
+    def __call__(self, features):
+        hidden = tf.matmul(features, self.w) + self.b
+        return {"scores": tf.nn.relu(hidden), "total": tf.reduce_sum(hidden, axis=1)}
+
+
+@pytest.fixture(scope="module")
+def slotted(tmp_path_factory) -> Path:
+    """sm/ a SavedModel with optimizer slots (TF2's loader refuses it) and sm.tar.gz; w.npy, b.npy its weights."""
+    d = tmp_path_factory.mktemp("slotted")
+    model = WithV1Optimizer()
+    tf.saved_model.save(model, str(d / "sm"))
+    np.save(d / "w.npy", model.w.numpy())
+    np.save(d / "b.npy", model.b.numpy())
+    tar_gz(d / "sm.tar.gz", d / "sm")
+    return d
+
+
+def test_saved_model_tf2_cannot_load_falls_back_to_tf1_loader(slotted, tmp_path):
+    with pytest.raises(AttributeError, match="add_slot"):  # the failure this fallback exists for
+        tf.saved_model.load(str(slotted / "sm"))
+    report = compile_tf(slotted / "sm.tar.gz", tmp_path, None)
+    check = report.winner().check
+    assert check.status == "verified" and check.max_rel_err <= 1e-4
+    assert report.framework_version == tf.__version__
+    assert report.inputs == [{"name": "features", "shape": [2, 4], "dtype": "float32"}]
+    assert [(o["name"], o["shape"]) for o in report.outputs] == [("scores", [2, 3]), ("total", [2])]
+    assert any("loaded with TF1's loader" in n and "'_UserObject' object has no attribute 'add_slot'" in n
+               for n in report.notes)
+    x = np.array([[1, -2, 3, 0.5], [-1, 4, 0, 2]], np.float32)
+    hidden = x @ np.load(slotted / "w.npy") + np.load(slotted / "b.npy")  # the saved weights, not Adam's slots
+    scores, total = Model(tmp_path / "model.tar.gz").run(x)
+    np.testing.assert_allclose(scores, np.maximum(hidden, 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(total, hidden.sum(axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_tf1_fallback_keeps_signature_def_key_and_placeholder_names(slotted):
+    with pytest.raises(ValidationError) as err:
+        load(slotted / "sm", None, None, {"signature_def_key": "predict"})
+    assert err.value.field == "OutputConfig.CompilerOptions.signature_def_key"
+    assert "['serving_default']" in err.value.message  # TF1's "__saved_model_init_op" is no signature
+    model = load(slotted / "sm", '{"serving_default_features:0": [2, 4]}')
+    assert [i.name for i in model.inputs] == ["features"]
+    assert "StatefulPartitionedCall" not in {n.op_type for n in model.onnx_model.graph.node}
+
+
+def test_saved_model_both_loaders_fail_gives_both_reasons(slotted, tmp_path):
+    shutil.copytree(slotted / "sm", tmp_path / "sm")
+    shutil.rmtree(tmp_path / "sm" / "variables")  # TF1's loader cannot restore without the checkpoint
+    with pytest.raises(CompilationError) as err:
+        load(tmp_path, None)
+    assert err.value.stage == "convert"
+    assert "add_slot" in err.value.message and "nor can TF1's loader" in err.value.message

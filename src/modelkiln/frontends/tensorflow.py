@@ -2,7 +2,7 @@
 with tf2onnx. Shapes are NHWC, as TensorFlow users write them. Reference: TensorFlow running the model."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,16 +63,9 @@ def _load_saved_model(folder: Path, wanted: list[TensorSpec] | None, key: str) -
     try:
         with stderr_silenced():
             loaded = tf.saved_model.load(str(folder))
-    except Exception as exc:
-        raise CompilationError("convert", f"TensorFlow cannot load the SavedModel: {first_line(exc)}",
-                               SAVE_HINT) from None
-    if key not in loaded.signatures:
-        keys = sorted(loaded.signatures.keys())
-        if not keys:
-            raise CompilationError("convert", "the SavedModel has no signatures to compile.",
-                                   "save it with signatures: tf.saved_model.save(model, dir, signatures=fn).")
-        raise ValidationError(f"{OPTIONS}.signature_def_key",
-                              f"the SavedModel has no signature {key!r}; its signatures are {keys}.")
+    except Exception as exc:  # e.g. a Keras 2 optimizer's slots, which TF2's object loader no longer revives
+        return _load_saved_model_v1(folder, wanted, key, version, first_line(exc))
+    _check_signature(key, list(loaded.signatures.keys()))
     signature = loaded.signatures[key]
     arg_specs = signature.structured_input_signature[1]
     names = list(arg_specs)
@@ -97,10 +90,89 @@ def _load_saved_model(folder: Path, wanted: list[TensorSpec] | None, key: str) -
     return ConvertedModel(
         onnx_model=model, inputs=inputs, outputs=outputs, reference=reference, framework="TENSORFLOW",
         framework_version=version, converters=_converters(tf),
-        notes=[f"SavedModel signature {key!r} converted to ONNX opset {OPSET} with tf2onnx; inputs are "
-               "in the signature's layout (NHWC for TensorFlow image models); outputs are the signature's "
-               f"keys in sorted order: {', '.join(output_keys)}."],
+        notes=[_signature_note(key, output_keys)],
     )
+
+
+def _check_signature(key: str, keys: list[str]) -> None:
+    """Refuse a signature_def_key the SavedModel lacks, listing the ones it has."""
+    if key in keys:
+        return
+    if not keys:
+        raise CompilationError("convert", "the SavedModel has no signatures to compile.",
+                               "save it with signatures: tf.saved_model.save(model, dir, signatures=fn).")
+    raise ValidationError(f"{OPTIONS}.signature_def_key",
+                          f"the SavedModel has no signature {key!r}; its signatures are {sorted(keys)}.")
+
+
+def _signature_note(key: str, output_keys: list[str]) -> str:
+    return (f"SavedModel signature {key!r} converted to ONNX opset {OPSET} with tf2onnx; inputs are in the "
+            "signature's layout (NHWC for TensorFlow image models); outputs are the signature's keys in sorted "
+            f"order: {', '.join(output_keys)}.")
+
+
+def _load_saved_model_v1(folder: Path, wanted: list[TensorSpec] | None, key: str, version: str | None,
+                         tf2_error: str) -> ConvertedModel:
+    """The SavedModel's "serve" MetaGraph through TF1's loader, its variables frozen to constants, then
+    converted as a frozen graph: for SavedModels whose objects TF2's loader cannot revive."""
+    tf = import_tensorflow()
+    graph = tf.Graph()
+    try:
+        with graph.as_default(), tf.compat.v1.Session(graph=graph) as session, stderr_silenced():
+            meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(folder))
+            signatures = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}  # init ops
+            _check_signature(key, list(signatures))
+            signature = signatures[key]
+            output_keys = sorted(signature.outputs)
+            output_tensors = [signature.outputs[k].name for k in output_keys]
+            graph_def = tf.compat.v1.graph_util.convert_variables_to_constants(
+                session, graph.as_graph_def(), [strip_port(t) for t in output_tensors])
+    except (ValidationError, CompilationError):
+        raise
+    except Exception as exc:
+        raise CompilationError("convert", f"TensorFlow cannot load the SavedModel: {tf2_error}; nor can TF1's "
+                               f"loader: {first_line(exc)}", SAVE_HINT) from None
+    input_keys = sorted(signature.inputs)
+    input_tensors = [signature.inputs[k].name for k in input_keys]
+    try:
+        graph_def = _inline_functions(graph_def, input_tensors + output_tensors)
+    except Exception as exc:
+        raise conversion_failed("grappler (function inlining)", exc, SAVE_HINT) from None
+    declared = [ModelInput(k, _proto_dims(signature.inputs[k].tensor_shape),
+                           numpy_dtype(tf.as_dtype(signature.inputs[k].dtype))) for k in input_keys]
+    aliases = {strip_port(signature.inputs[k].name): k for k in input_keys}  # e.g. "serving_default_x:0"
+    inputs = static_inputs(declared, _renamed(wanted, aliases), "TensorFlow")
+    model, outputs, reference = _convert_frozen(graph_def, inputs, input_tensors, output_tensors, output_keys,
+                                                "the SavedModel")
+    return ConvertedModel(
+        onnx_model=model, inputs=inputs, outputs=outputs, reference=reference, framework="TENSORFLOW",
+        framework_version=version, converters=_converters(tf),
+        notes=[f"the SavedModel was loaded with TF1's loader (tf.compat.v1.saved_model.loader.load, tags "
+               f"['serve']) and its variables frozen into constants, because TF2's tf.saved_model.load failed: "
+               f"{tf2_error}", _signature_note(key, output_keys)],
+    )
+
+
+def _inline_functions(graph_def, fetches: list[str]):
+    """Grappler's aggressive function inlining (control flow kept functional): TF2 graphs call their body
+    through StatefulPartitionedCall, which tf2onnx does not convert. The call node keeps its name."""
+    tf = import_tensorflow()
+    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+    from tensorflow.python.framework.convert_to_constants import disable_lower_using_switch_merge
+    from tensorflow.python.grappler import tf_optimizer
+    graph_def = disable_lower_using_switch_merge(graph_def)
+    for function in graph_def.library.function:  # a GPU variant (e.g. CuDNN LSTM) would block inlining
+        function.attr.pop("api_implements", None)
+    with tf.Graph().as_default():  # exporting a MetaGraph needs graph mode
+        meta_graph = tf.compat.v1.train.export_meta_graph(graph_def=graph_def)
+    meta_graph.collection_def["train_op"].node_list.value.extend(fetches)  # grappler keeps what is fetched
+    config = config_pb2.ConfigProto()
+    rewrite = config.graph_options.rewrite_options
+    rewrite.optimizers[:] = ["function"]
+    rewrite.function_optimization = rewriter_config_pb2.RewriterConfig.AGGRESSIVE
+    rewrite.min_graph_nodes = -1
+    with stderr_silenced():
+        return tf_optimizer.OptimizeGraph(config, meta_graph)
 
 
 def _saved_model_version(folder: Path) -> str | None:
@@ -145,30 +217,10 @@ def _load_frozen_graph(path: Path, wanted: list[TensorSpec] | None, output_names
     else:
         outputs_wanted = _checked_outputs(output_names, nodes, graph_def)
     tensor_names = [f"{i.name}:0" for i in inputs]
-
-    def imported(*args):
-        return tf.graph_util.import_graph_def(graph_def, input_map=dict(zip(tensor_names, args)),
-                                              return_elements=outputs_wanted, name="")
-
-    try:
-        with stderr_silenced():
-            pruned = tf.compat.v1.wrap_function(imported, [tf.TensorSpec(i.shape, i.dtype) for i in inputs])
-    except Exception as exc:
-        raise CompilationError("convert", f"TensorFlow cannot import {path.name} with these inputs: "
-                               f"{first_line(exc)}", f"check {FIELD} and output_names.") from None
-
-    def reference(feeds: Feeds) -> list[np.ndarray]:
-        return [t.numpy() for t in pruned(*[tf.constant(feeds[i.name]) for i in inputs])]
-
-    outputs = output_specs(reference, inputs, [strip_port(n) for n in outputs_wanted])
-    try:
-        with stderr_silenced():
-            model = convert_graph_def(graph_def, tensor_names, outputs_wanted,
-                                      shape_override={n: list(i.shape) for n, i in zip(tensor_names, inputs)})
-    except Exception as exc:
-        raise conversion_failed("tf2onnx", exc, "check the graph is frozen (variables folded to constants).") from None
+    model, outputs, reference = _convert_frozen(graph_def, inputs, tensor_names, outputs_wanted,
+                                                [strip_port(n) for n in outputs_wanted], path.name)
     return ConvertedModel(
-        onnx_model=finish_onnx(model, inputs, outputs, "tf2onnx"), inputs=inputs, outputs=outputs,
+        onnx_model=model, inputs=inputs, outputs=outputs,
         reference=reference, framework="TENSORFLOW",
         framework_version=None,  # a bare GraphDef does not record the TensorFlow version that wrote it
         converters=_converters(tf),
@@ -176,6 +228,35 @@ def _load_frozen_graph(path: Path, wanted: list[TensorSpec] | None, output_names
                "after their graph nodes without the ':0' suffix, in the layout the graph takes (NHWC "
                "for TensorFlow image models).", *notes],
     )
+
+
+def _convert_frozen(graph_def, inputs: list[TensorSpec], tensor_names: list[str], output_tensors: list[str],
+                    output_names: list[str], what: str) -> tuple[Any, list[TensorSpec], Callable[[Feeds], list]]:
+    """A frozen GraphDef fed at tensor_names (one per input): its ONNX model, output specs and reference."""
+    tf = import_tensorflow()
+
+    def imported(*args):
+        return tf.graph_util.import_graph_def(graph_def, input_map=dict(zip(tensor_names, args)),
+                                              return_elements=output_tensors, name="")
+
+    try:
+        with stderr_silenced():
+            pruned = tf.compat.v1.wrap_function(imported, [tf.TensorSpec(i.shape, i.dtype) for i in inputs])
+    except Exception as exc:
+        raise CompilationError("convert", f"TensorFlow cannot import {what} with these inputs: "
+                               f"{first_line(exc)}", f"check {FIELD} and output_names.") from None
+
+    def reference(feeds: Feeds) -> list[np.ndarray]:
+        return [t.numpy() for t in pruned(*[tf.constant(feeds[i.name]) for i in inputs])]
+
+    outputs = output_specs(reference, inputs, output_names)
+    try:
+        with stderr_silenced():
+            model = convert_graph_def(graph_def, tensor_names, output_tensors,
+                                      shape_override={n: list(i.shape) for n, i in zip(tensor_names, inputs)})
+    except Exception as exc:
+        raise conversion_failed("tf2onnx", exc, "check the graph is frozen (variables folded to constants).") from None
+    return finish_onnx(model, inputs, outputs, "tf2onnx"), outputs, reference
 
 
 def _output_names(value: Any) -> list[str]:
@@ -248,6 +329,11 @@ def _renamed(wanted: list[TensorSpec] | None, aliases: dict[str, str]) -> list[T
 
 def _dims(shape) -> tuple[int | None, ...] | None:
     return None if shape.rank is None else tuple(shape.as_list())
+
+
+def _proto_dims(shape) -> tuple[int | None, ...] | None:
+    """A TensorShapeProto (as in a SignatureDef) as dims; None when even the rank is unknown."""
+    return None if shape.unknown_rank else tuple(d.size if d.size >= 0 else None for d in shape.dim)
 
 
 def _placeholder_dims(node) -> tuple[int | None, ...] | None:
