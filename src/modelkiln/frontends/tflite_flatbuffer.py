@@ -1,5 +1,6 @@
 """A .tflite flatbuffer read and rewritten with LiteRT's generated schema (object API): sparse constants made
-dense for tf2onnx, custom operators listed and cut out for a staged reference run, quantization looked up."""
+dense for tf2onnx, custom operators listed and cut out for a staged reference run, quantization looked up, and
+a dynamic-range (weight-only) quantized model's float twin made for its reference."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ import numpy as np
 from modelkiln.frontends.base import Quantization
 
 FILE_IDENTIFIER = b"TFL3"
+FLOAT32 = 0  # TensorType
 DENSE = 0  # DimensionType: DENSE, SPARSE_CSR
 # TensorType enum value -> numpy dtype, for the types a constant or a custom operator's tensor may have.
 NUMPY_TYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 6: np.bool_, 7: np.int16,
@@ -67,15 +69,69 @@ def constant(model, index: int) -> np.ndarray | None:
     value = _buffer_value(model, source)
     if value is None or value.dtype == np.float16:
         return None if value is None else value.astype(np.float32)
-    quant = source.quantization
-    if quant is None or quant.scale is None:
+    return _dequantized(value, source.quantization)
+
+
+def _dequantized(value: np.ndarray, quant) -> np.ndarray | None:
+    """scale * (q - zero point), per channel along quantizedDimension where the scales are; None without scales."""
+    if quant is None or quant.scale is None or not len(quant.scale):
         return None
     shape = [1] * value.ndim
     if len(quant.scale) > 1:  # per-channel scales along quantizedDimension
         shape[quant.quantizedDimension] = -1
     scale = np.asarray(quant.scale, np.float32).reshape(shape)
-    zero = np.asarray(quant.zeroPoint if quant.zeroPoint is not None else [0], np.int64).reshape(shape)
+    zeros = quant.zeroPoint if quant.zeroPoint is not None and len(quant.zeroPoint) else [0]
+    zero = np.asarray(zeros, np.int64).reshape(shape if len(zeros) > 1 else [1] * value.ndim)
     return ((value.astype(np.int64) - zero) * scale).astype(np.float32)
+
+
+def _quantized_integer(tensor) -> bool:
+    """An integer tensor with quantization scales: an int8 weight or activation."""
+    dtype, quant = NUMPY_TYPES.get(tensor.type), tensor.quantization
+    return dtype is not None and np.dtype(dtype).kind in "iu" and quant is not None and quant.scale is not None \
+        and len(quant.scale) > 0
+
+
+def _is_constant(model, tensor) -> bool:
+    return tensor.buffer > 0 and model.buffers[tensor.buffer].data is not None \
+        and len(model.buffers[tensor.buffer].data) > 0
+
+
+def hybrid_weights(model) -> list[tuple[int, int]]:
+    """(subgraph, tensor) of each quantized integer constant that a float operator reads directly: a dynamic-range
+    (weight-only) quantized model, which LiteRT runs with hybrid kernels. Empty where any activation is quantized
+    (a full-integer model: its int8 arithmetic is the model's)."""
+    found = []
+    for g, graph in enumerate(model.subgraphs):
+        if any(_quantized_integer(t) and not _is_constant(model, t) for t in graph.tensors):
+            return []
+        for op in graph.operators:
+            if _builtin(model, op) == schema().BuiltinOperator.DEQUANTIZE:
+                continue  # a stored weight LiteRT dequantizes itself before a float kernel: no hybrid kernel
+            float_out = all(t < 0 or graph.tensors[t].type == FLOAT32 for t in op.outputs)
+            found += [(g, int(t)) for t in op.inputs if t >= 0 and float_out
+                      and _quantized_integer(graph.tensors[t]) and _is_constant(model, graph.tensors[t])]
+    return list(dict.fromkeys(found))
+
+
+def float_twin(data: bytes) -> bytes:
+    """The model with its hybrid weights (see hybrid_weights) stored as float32 scale * (q - zero point): LiteRT
+    then runs float kernels on exactly the values the int8 weights mean, and so does tf2onnx's conversion of it.
+    Sparse constants made dense."""
+    model = read_model(data)
+    densify(model)
+    for g, index in hybrid_weights(model):
+        graph = model.subgraphs[g]
+        for op in graph.operators:  # else tf2onnx quantizes a float FULLY_CONNECTED's inputs (DynamicQuantizeLinear)
+            if index in [int(t) for t in op.inputs] and hasattr(op.builtinOptions, "asymmetricQuantizeInputs"):
+                op.builtinOptions.asymmetricQuantizeInputs = False
+        tensor = graph.tensors[index]
+        value = _dequantized(_buffer_value(model, tensor), tensor.quantization)
+        buffer = schema().BufferT()  # a new buffer: the int8 one may be shared with another tensor
+        buffer.data = np.frombuffer(value.tobytes(), np.uint8)
+        model.buffers.append(buffer)
+        tensor.buffer, tensor.type, tensor.quantization = len(model.buffers) - 1, FLOAT32, None
+    return write_model(model)
 
 
 def _buffer_value(model, tensor) -> np.ndarray | None:
