@@ -90,8 +90,8 @@ def tflite_int8_mobilenet_v2(ctx: BuildContext) -> None:
 
 
 def tflite_lstm(ctx: BuildContext) -> None:
-    """The LSTM text classifier as a float TFLite file (fused UNIDIRECTIONAL_SEQUENCE_LSTM ops). Batch 1: the
-    converter fuses LSTMs only with a static batch."""
+    """The LSTM text classifier as a float TFLite file, batch 1. The converter does not fuse Keras 3's LSTM:
+    each becomes a WHILE loop, as users' Keras 3 models do."""
     _seed()
     converter = tf.lite.TFLiteConverter.from_keras_model(_lstm_text(batch=1))
     (ctx.out / "model.tflite").write_bytes(converter.convert())

@@ -288,8 +288,9 @@ def test_exact_gelu_erfc_is_converted(tmp_path):
 def test_efficientnet_b0_compiles_and_verifies(tmp_path):
     """keras.applications.EfficientNetB0 (random weights): Rescaling + Normalization in front, swish, SE blocks."""
     keras.utils.set_random_seed(5)
-    net = keras.applications.EfficientNetB0(weights=None, input_shape=(64, 64, 3), classes=10,
-                                            classifier_activation=None)
+    # a named input: keras numbers unnamed ones per process (input_layer, input_layer_1, ...)
+    net = keras.applications.EfficientNetB0(weights=None, input_tensor=keras.Input((64, 64, 3), name="input_layer"),
+                                            classes=10, classifier_activation=None)
     report = compile_keras(saved(net, tmp_path / "in", "effnet.keras"), tmp_path / "out",
                            '{"input_layer": [1, 3, 64, 64]}')
     assert report.winner().check.status == "verified"

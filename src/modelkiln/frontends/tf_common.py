@@ -164,10 +164,26 @@ def finish_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], outputs: list[
     for value, spec in [*zip(graph_inputs, inputs), *zip(model.graph.output, outputs)]:
         _set_shape(value, spec.shape)
     del model.graph.value_info[:]  # tf2onnx leaves open batch dims there; inference redoes them static
+    _unshape_subgraphs(model.graph)
     try:
         return onnx.shape_inference.infer_shapes(model)
     except Exception:  # shapes are an optimisation hint for the backends, not a requirement
         return model
+
+
+def _unshape_subgraphs(graph: onnx.GraphProto) -> None:
+    """Drop the shapes tf2onnx writes on Loop/If bodies' inputs, outputs and values, keeping their types: it
+    declares TensorList loop state (a TFLite WHILE from a Keras LSTM) as a scalar, which onnxruntime's type
+    inference then refuses; without them the shapes are inferred from the values actually passed."""
+    for node in graph.node:
+        for attr in node.attribute:
+            for body in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                # a Loop body's iteration count and condition are scalars by the spec: onnxruntime needs them so
+                fixed = 2 if node.op_type == "Loop" else 0
+                for value in (*body.input[fixed:], *body.output[min(fixed, 1):]):
+                    value.type.tensor_type.ClearField("shape")
+                del body.value_info[:]
+                _unshape_subgraphs(body)
 
 
 def convert_function(function, tf_specs: list, inputs_as_nchw: list[str] | None = None) -> onnx.ModelProto:
