@@ -185,3 +185,16 @@ def test_old_nvidia_gpus_get_ptx_from_tvm_with_the_board_cpu_as_host(models, tmp
     with tarfile.open(tmp_path / "model.tar.gz") as tar:
         library = tar.extractfile("compiled.so").read()
     assert embedded_elf_arches(library) == {("aarch64", 2)}  # host code for the Jetson's CPU
+
+
+def test_a_model_no_gpu_compiler_takes_names_the_cpu_route(tmp_path):
+    path = onnx_model(tmp_path / "u.onnx",
+                      [make_node("Relu", ["x"], ["r"], name="relu1"), make_node("Unique", ["r"], ["y"], name="dedupe")],
+                      [make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
+                      [make_tensor_value_info("y", TensorProto.FLOAT, [None])])
+    with pytest.raises(CompilationError) as err:
+        compile_job(CompileJob(model=tar_gz(tmp_path / "m.tar.gz", path), framework="ONNX",
+                               output_dir=tmp_path / "out",
+                               target_platform={"Os": "ANDROID", "Arch": "ARM64", "Accelerator": "MALI"}))
+    assert "'Unique'" in err.value.message and "'dedupe'" in err.value.message
+    assert "no vulkan compiler here takes this model" in err.value.hint and "without Accelerator" in err.value.hint

@@ -352,8 +352,13 @@ def _select(candidates: list[Candidate], ctx: _Context) -> tuple[Candidate, str]
             "artifacts Kiln can run (see `kiln targets`, column \"Checked by\").")
     if not ok:
         summary = "; ".join(f"{c.backend}: {c.status} ({c.reason})" for c in candidates)
+        uncompiled = all(c.status in ("failed", "skipped") for c in candidates)
+        gpu = ctx.target.gpu if uncompiled else None
         raise CompilationError(
             "verify", f"no backend produced an artifact that matches {ctx.model.framework}'s outputs: {summary}",
+            (f"no {gpu.api} compiler here takes this model (the operators named above); compile it for the "
+             "device's CPU instead (a TargetPlatform without Accelerator), or replace those operators."
+             if gpu else "") or
             "fix the error named for each backend, or pin a backend with CompilerOptions {\"kiln-backend\": ...}.",
         )
     if len(ctx.target.backends) == 1 and ctx.options.backend:
