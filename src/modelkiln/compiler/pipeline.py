@@ -8,37 +8,30 @@ frontend produced (ONNX, ONNX-ML, Treelite) is skipped with the reason.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from modelkiln import __version__
-from modelkiln.compiler import check_inputs, coreml, emulation
+from modelkiln.compiler import check_inputs, coreml
 from modelkiln.compiler.archive import extract_model
-from modelkiln.compiler.backends import BACKENDS, Backend, BackendOutput, GpuBackend
+from modelkiln.compiler.backends import BACKENDS, Backend
 from modelkiln.compiler.package import build_meta, write_artifact
 from modelkiln.compiler.report import Candidate, Report
-from modelkiln.compiler.check_inputs import INPUTS_FILE, CheckInputs
-from modelkiln.compiler.verify import (
-    HOPELESS, HOST_TWIN, KILN_ARCH_ELF, OPENCL_TWIN, POCL_TWIN, PTX_TWIN, SAME_FILE, SPEC_ONLY, TOLERANCE, Check,
-    compare, embedded_elf_arches, host_can_run, median_latencies_ms,
+from modelkiln.compiler.routes import (
+    CheckContext, Progress, brief, check_samples, model_form, ordered, verify_foreign, verify_gpu,
 )
+from modelkiln.compiler.verify import HOPELESS, SPEC_ONLY, TOLERANCE, Check, host_can_run, median_latencies_ms
 from modelkiln.errors import CompilationError, KilnError, ValidationError
 from modelkiln.frontends import ConvertedModel, check_framework, check_framework_version, frontend_for
-from modelkiln.runtime.executors import Executor, open_executor
+from modelkiln.runtime.executors import open_executor
 from modelkiln.runtime.model import host_arch
 from modelkiln.targets import CompilerOptions, Target, parse_compiler_options, resolve
-
-Progress = Callable[[str, str], None]  # (stage, message)
-
 
 @dataclass
 class CompileJob:
@@ -52,17 +45,6 @@ class CompileJob:
     target_platform: dict[str, str] | None = None
     compiler_options: str | None = None
     framework_version: str | None = None  # InputConfig.FrameworkVersion, checked against what Kiln can read
-
-
-@dataclass
-class _Context:
-    target: Target
-    options: CompilerOptions
-    model: ConvertedModel
-    inputs: CheckInputs  # the samples every candidate runs on, and the source framework's outputs on them
-    native: bool
-    progress: Progress
-    executors: dict[str, Executor] = dataclasses.field(default_factory=dict)  # verified, on this host
 
 
 def validate(job: CompileJob) -> tuple[Target, CompilerOptions]:
@@ -92,7 +74,7 @@ def compile_job(job: CompileJob, progress: Progress = lambda stage, msg: None) -
                                                 options.recorded)
             inputs = check_inputs.prepare(model, model_dir)
         native = host_can_run(target)
-        ctx = _Context(target, options, model, inputs, native, progress)
+        ctx = CheckContext(target, options, model, inputs, native, progress)
         order = target.backends_for(trees=model.tree_model is not None)
         _check_gpu_takes(target, model)
         candidates = [Candidate(name, BACKENDS[name].version()) for name in order]
@@ -178,7 +160,7 @@ def _check_gpu_takes(target: Target, model: ConvertedModel) -> None:
                                "compile for the device's CPU: a TargetPlatform without Accelerator.")
 
 
-def _try_candidate(ctx: _Context, cand: Candidate, workdir: Path) -> None:
+def _try_candidate(ctx: CheckContext, cand: Candidate, workdir: Path) -> None:
     """Compile, verify and (natively) time one backend; record everything on cand, never raise."""
     backend = BACKENDS[cand.backend]
     reason = backend.unsupported_reason(ctx.target, ctx.options) or _form_reason(backend, ctx.model)
@@ -189,12 +171,12 @@ def _try_candidate(ctx: _Context, cand: Candidate, workdir: Path) -> None:
     ctx.progress("compile", f"{cand.backend} {cand.version}")
     start = time.perf_counter()
     try:
-        output = backend.compile(_form(backend, ctx.model), ctx.target, ctx.options, workdir)
+        output = backend.compile(model_form(backend, ctx.model), ctx.target, ctx.options, workdir)
     except CompilationError as exc:
         cand.status, cand.reason = "failed", exc.message
         return
     except Exception as exc:  # a backend's own bug fails that candidate only; the others may still ship
-        cand.status, cand.reason = "failed", f"internal error in {cand.backend}: {_brief(exc)}"
+        cand.status, cand.reason = "failed", f"internal error in {cand.backend}: {brief(exc)}"
         return
     cand.compile_s = round(time.perf_counter() - start, 2)
     cand.size_bytes = sum((workdir / f).stat().st_size for f in output.files)
@@ -205,15 +187,15 @@ def _try_candidate(ctx: _Context, cand: Candidate, workdir: Path) -> None:
     try:
         if ctx.native:
             executor = open_executor(workdir, meta)
-            cand.check = _check_samples(ctx, executor.run, f"host ({host_arch()})")
+            cand.check = check_samples(ctx, executor.run, f"host ({host_arch()})")
             if cand.check.passed:
                 ctx.executors[cand.backend] = executor
         elif ctx.target.gpu:
-            cand.check = _verify_gpu(ctx, backend, output, meta, workdir)
+            cand.check = verify_gpu(ctx, backend, output, meta, workdir)
         else:
-            cand.check = _verify_foreign(ctx, backend, output, meta, workdir)
+            cand.check = verify_foreign(ctx, backend, output, meta, workdir)
     except Exception as exc:  # a crash in one candidate's runtime must not end the job
-        cand.check = Check("error", "host", TOLERANCE[ctx.options.precision], detail=_brief(exc))
+        cand.check = Check("error", "host", TOLERANCE[ctx.options.precision], detail=brief(exc))
     cand.status = "passed" if cand.check.passed else "rejected"
     if not cand.check.passed:
         cand.reason = cand.check.detail or (
@@ -221,11 +203,11 @@ def _try_candidate(ctx: _Context, cand: Candidate, workdir: Path) -> None:
         )
 
 
-def _time_candidates(ctx: _Context, candidates: list[Candidate]) -> None:
+def _time_candidates(ctx: CheckContext, candidates: list[Candidate]) -> None:
     """Time every verified candidate on this host, all cores, as the runtime runs by default."""
     if not ctx.executors:
         return
-    timing = median_latencies_ms(ctx.executors, _ordered(ctx, ctx.inputs.samples[0]))
+    timing = median_latencies_ms(ctx.executors, ordered(ctx, ctx.inputs.samples[0]))
     fastest = min(timing.latencies_ms.values())
     for cand in candidates:
         if cand.backend in timing.latencies_ms:
@@ -236,108 +218,7 @@ def _time_candidates(ctx: _Context, candidates: list[Candidate]) -> None:
     ctx.executors.clear()
 
 
-def _verify_foreign(ctx: _Context, backend: Backend, output: BackendOutput, meta: dict, workdir: Path) -> Check:
-    """Check a candidate this host cannot run natively: emulate it, or check what can be checked."""
-    if backend.emulated_in_python:  # the target arch's Python runs Kiln's runtime on the artifact
-        python = emulation.find_python_emulator(ctx.target.arch, backend.runtime_requirement())
-        if isinstance(python, emulation.PythonEmulator):
-            return _check_samples(ctx, lambda x: emulation.run_runtime(python, workdir, meta, x), python.describe())
-        if not backend.portable:  # native code for another CPU: check a build of it for this host
-            return _host_twin_check(ctx, backend, workdir / output.files[0], python)
-        check = _check_samples(ctx, open_executor(workdir, meta).run, f"host ({host_arch()}), same bytes")
-        return _not_on_target(check, SAME_FILE,
-                              f"{python}; the identical {output.files[0]} ran on this host's {backend.name}")
-    emulator = emulation.find_emulator(ctx.target.arch)
-    if isinstance(emulator, emulation.Emulator):
-        module, entry, count = workdir / output.files[0], meta["Backend"]["Entry"], len(ctx.model.outputs)
-        return _check_samples(ctx, lambda x: emulation.run_iree(emulator, module, entry, x, count),
-                              emulator.describe())
-    return _host_twin_check(ctx, backend, workdir / output.files[0], emulator)
-
-
-def _verify_gpu(ctx: _Context, backend: GpuBackend, output: BackendOutput, meta: dict, workdir: Path) -> Check:
-    """Run GPU code on a device of its API when this machine has one (Mesa's lavapipe runs Vulkan on the
-    CPU); else check its device code statically and run a host twin."""
-    gpu = ctx.target.gpu
-    assert gpu is not None
-    device = backend.gpu_device(gpu.api)
-    if device:
-        check = _check_samples(ctx, lambda x: emulation.run_isolated(workdir, meta, x), f"{gpu.api} device: {device}")
-        others = [c for c in gpu.codes if c != gpu.code]
-        if check.status == "mismatch" and not check.detail and others:
-            check.detail = (f"max rel err {check.max_rel_err:.2e} > tolerance {check.tolerance:.0e} on {device} with "
-                            f"the {gpu.code} code; another GPU code may compute it right: CompilerOptions gpu-code "
-                            + " or ".join(repr(c) for c in others))
-        return check
-    try:
-        static = backend.static_check(workdir, output, ctx.target)
-    except CompilationError as exc:
-        return Check("mismatch", "static check", TOLERANCE[ctx.options.precision], detail=exc.message)
-    check = _twin_check(ctx, backend)
-    if check.status != "verified":
-        return check
-    kernels = _kernel_check(ctx, backend)
-    if kernels.status == "mismatch":
-        return kernels
-    status = PTX_TWIN if gpu.api == "cuda" else POCL_TWIN if kernels.ran else OPENCL_TWIN
-    return dataclasses.replace(
-        check, status=status,
-        detail=f"no {gpu.api} device on this machine; checked instead: the same model compiled by {backend.name} "
-        f"for this host's CPU ran within tolerance; the device code: {static}; " + (
-            f"its kernels ran on {kernels.ran_on}, and matched (max rel err {kernels.max_rel_err:.1e})"
-            if kernels.ran else f"its kernels were not run ({kernels.detail})"))
-
-
-def _kernel_check(ctx: _Context, backend: GpuBackend) -> Check:
-    """The GPU kernels run on a stand-in device (TVM's OpenCL kernels on PoCL), compared with the framework."""
-    tolerance = TOLERANCE[ctx.options.precision]
-    try:
-        ran = backend.run_kernels(_form(backend, ctx.model), ctx.target, _ordered(ctx, ctx.inputs.samples[0]))
-    except Exception as exc:  # a stand-in that cannot take this model is a gap in the check, not a failure
-        return Check("error", "kernels", tolerance, detail=_brief(exc))
-    if isinstance(ran, str):
-        return Check("error", "kernels", tolerance, detail=ran)
-    check = compare(ran[0], ctx.inputs.expected[0], tolerance, ran[1], _quantization(ctx))
-    if check.status == "mismatch" and not check.detail:
-        check.detail = (f"the {ctx.target.gpu.code} kernels computed outputs {check.max_rel_err:.2e} from the "
-                        f"framework's (tolerance {tolerance:.0e}) on {ran[1]}")
-    return check
-
-
-def _twin_check(ctx: _Context, backend: Backend) -> Check:
-    """Compile the same input for this host's CPU with the same backend and options, and run that build."""
-    twin = resolve(dataclasses.replace(ctx.options, mcpu="x86-64", mattr=(), recorded={}),
-                   platform_={"Os": "LINUX", "Arch": "X86_64"})
-    with tempfile.TemporaryDirectory(prefix="kiln-twin-") as tmp:
-        out = backend.compile(_form(backend, ctx.model), twin, ctx.options, Path(tmp))
-        meta = build_meta(twin, ctx.model, backend, out, ctx.options)
-        return _check_samples(ctx, open_executor(Path(tmp), meta).run, f"host twin ({host_arch()})")
-
-
-def _host_twin_check(ctx: _Context, backend: Backend, module: Path, why_not: str) -> Check:
-    """For CPU code no runtime here can execute: check a host twin instead, and that the target's module
-    holds kernels for the target's CPU. The target's module itself is not run."""
-    check = _twin_check(ctx, backend)
-    machine, elf_class = KILN_ARCH_ELF[ctx.target.arch]
-    kernels = embedded_elf_arches(module.read_bytes())
-    if kernels != {(machine, elf_class)}:
-        return Check("mismatch", "static check", check.tolerance,
-                     detail=f"the module's kernels are {sorted(kernels)}, expected only {machine} ELF{32 * elf_class}")
-    return _not_on_target(
-        check, HOST_TWIN, f"{why_not}; instead the same model was compiled by {backend.name} with the same options "
-        f"for {host_arch()} and that build ran here, and the {ctx.target.arch} module's kernels were "
-        f"checked to be {machine} ELF{32 * elf_class} code",
-    )
-
-
-def _not_on_target(check: Check, status: str, instead: str) -> Check:
-    """A check that ran something other than the artifact on its target: status says what, detail why."""
-    if not check.ran:
-        return check
-    return dataclasses.replace(check, status=status, detail=f"checked instead: {instead}")
-
-
-def _select(candidates: list[Candidate], ctx: _Context) -> tuple[Candidate, str]:
+def _select(candidates: list[Candidate], ctx: CheckContext) -> tuple[Candidate, str]:
     """The fastest (natively) or first (catalog order) candidate that passed, preferring one whose artifact ran
     over one only checked by proxy; kiln-require-run refuses a proxy."""
     passed = [c for c in candidates if c.status == "passed"]
@@ -394,43 +275,6 @@ def _form_reason(backend: Backend, model: ConvertedModel) -> str | None:
         (n for n in model.notes if n.startswith("No ONNX twin")), "the frontend produced none")
 
 
-def _form(backend: Backend, model: ConvertedModel):
-    """The model in the form backend compiles: the Treelite model or the ONNX graph."""
-    return model.tree_model if "treelite" in backend.forms else model.onnx_model
-
-
-def _ordered(ctx: _Context, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return [feeds[i.name] for i in ctx.model.inputs]
-
-
-def _quantization(ctx: _Context) -> list:
-    """Each output's quantization (int8 models), which sets its tolerance in quantization steps."""
-    return [o.quantization for o in ctx.model.outputs]
-
-
-def _check_samples(ctx: _Context, run: Callable[[list[np.ndarray]], list[np.ndarray]], ran_on: str) -> Check:
-    """Run every check sample through run and compare it with the source's outputs: the first sample that
-    does not match, else the check with the largest error."""
-    worst: Check | None = None
-    for index, (feeds, expected) in enumerate(zip(ctx.inputs.samples, ctx.inputs.expected)):
-        check = compare(run(_ordered(ctx, feeds)), expected, TOLERANCE[ctx.options.precision], ran_on,
-                        _quantization(ctx))
-        if not check.ran:
-            if index:
-                check.detail = (check.detail or f"max rel err {check.max_rel_err:.2e} > tolerance "
-                                f"{check.tolerance:.0e}") + f" on sample {index - 1} of {INPUTS_FILE}"
-            return check
-        if worst is None or (check.max_rel_err or 0.0) > (worst.max_rel_err or 0.0):
-            worst = check
-    assert worst is not None
-    return worst
-
-
-def _brief(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else exc.__class__.__name__)[:400]
-
-
 @contextmanager
 def _stage(name: str, stages: dict[str, float], progress: Progress, message: str) -> Iterator[None]:
     progress(name, message)
@@ -440,7 +284,7 @@ def _stage(name: str, stages: dict[str, float], progress: Progress, message: str
     except KilnError:
         raise
     except Exception as exc:  # anything else is a Kiln bug: still say which stage, never a backtrace
-        raise CompilationError(name, f"internal error: {exc.__class__.__name__}: {_brief(exc)}",
+        raise CompilationError(name, f"internal error: {exc.__class__.__name__}: {brief(exc)}",
                                "please report this with the model; the job log has details.") from exc
     finally:
         stages[name] = round(time.perf_counter() - start, 2)
