@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
 import pytest
-from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth, SigV4Auth
+from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth, SigV4Auth, SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials as BotoCredentials
@@ -228,3 +228,19 @@ def test_date_header_can_carry_the_request_time(store, creds):
     assert kind_of(received(request), store.lookup, now=later) == "skew"
     moved = _with_header(received(request), "Date", "Thu, 01 Jan 1970 00:00:00 GMT")
     assert kind_of(moved, store.lookup) == "malformed"  # the credential scope's date no longer matches
+
+
+def test_sagemaker_bodies_must_be_signed(store, creds):
+    """Only S3 may leave a body unsigned: an awsJson body is the request itself, and could be swapped."""
+    for mode in ("UNSIGNED-PAYLOAD", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"):
+        request = AWSRequest("POST", "http://localhost:8080/", data=b'{"MaxResults": 1}',
+                             headers={**JSON_HEADERS, "X-Amz-Content-SHA256": mode})
+        SigV4Auth(boto(creds), "sagemaker", "eu-west-3").add_auth(request)
+        with pytest.raises(AuthError) as err:
+            authenticate(received(request), store.lookup)
+        assert err.value.kind == "malformed" and "must sign their body" in err.value.message
+    query = AWSRequest("POST", "http://localhost:8080/", data=b"{}", headers=dict(JSON_HEADERS))
+    SigV4QueryAuth(boto(creds), "sagemaker", "eu-west-3", expires=300).add_auth(query)
+    with pytest.raises(AuthError) as err:
+        authenticate(received(query), store.lookup)
+    assert err.value.kind == "malformed" and "a presigned URL leaves it unsigned" in err.value.message

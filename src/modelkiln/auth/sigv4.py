@@ -149,6 +149,14 @@ def _payload_hash(request: HttpRequest, claim: Claim) -> str:
     if len(declared) > 1:
         raise AuthError("malformed", "x-amz-content-sha256 appears more than once.")
     value = declared[0].strip() if declared else None
+    if claim.service != "s3" and (claim.expires is not None or value == UNSIGNED_PAYLOAD or
+                                  (value or "").startswith("STREAMING-")):
+        # Only S3 may leave its body unsigned: a SageMaker body is the whole request (the job, its model and
+        # output locations), so a signature that does not cover it would let the body be swapped.
+        how = "a presigned URL" if claim.expires is not None else f"x-amz-content-sha256 {value[:40]!r}"
+        raise AuthError("malformed", f"{claim.service} requests must sign their body; {how} leaves it unsigned "
+                        "(only S3 takes unsigned payloads). Sign the request with its body's SHA-256, as "
+                        "botocore does by default.")
     if claim.expires is not None:  # a presigned URL cannot know the body: S3 signs this constant
         if value in STREAMING_MODES:
             raise AuthError("malformed", "A presigned URL cannot carry an aws-chunked body.")
