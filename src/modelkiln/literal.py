@@ -12,7 +12,7 @@ def parse_literal(text: str, field_name: str) -> Any:
     """Parse strict JSON, or a Python literal (single quotes) as AWS's documentation examples use."""
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # ValueError: also an integer past Python's 4300-digit limit
         pass
     try:
         return ast.literal_eval(text)

@@ -382,3 +382,45 @@ def test_xgboost_job_without_data_input_config(server, alice, sm, uploaded, tmp_
         assert json.load(tar.extractfile("compiled.meta"))["Backend"]["Name"] in ("treelite", "onnxruntime")
     got = Model(artifact).run(x[:50])[0]
     np.testing.assert_allclose(got.reshape(-1), booster.predict(xgboost.DMatrix(x[:50])), rtol=1e-5, atol=1e-6)
+
+
+def _raw(server, account, target: str, body: bytes) -> tuple[int, dict]:
+    """A signed awsJson request with an exact body (botocore would refuse to send these)."""
+    import urllib.error
+
+    request = AWSRequest("POST", f"{server.endpoint}/", data=body,
+                         headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": f"SageMaker.{target}"})
+    SigV4Auth(Credentials(account.access_key_id, account.secret_access_key), "sagemaker", "us-east-1").add_auth(request)
+    try:
+        with urllib.request.urlopen(urllib.request.Request(request.url, data=body, headers=dict(request.headers),
+                                                           method="POST"), timeout=30) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+@pytest.mark.parametrize("target, body, words", [
+    ("ListCompilationJobs", b"[" * 5000 + b"]" * 5000, ["body"]),  # nested past any parser's recursion
+    ("ListCompilationJobs", b'{"MaxResults": ' + b"9" * 5000 + b"}", ["body"]),  # past int()'s digit limit
+    ("ListCompilationJobs", b'{"NextToken": "\\ud800"}', ["NextToken"]),  # a lone surrogate
+    ("ListCompilationJobs", b'{"NextToken": "99999999999999999999999999999"}', ["NextToken"]),
+    ("DescribeCompilationJob", b'{"CompilationJobName": "\\udfff"}', ["CompilationJobName"]),
+])
+def test_hostile_bodies_get_a_4xx_naming_the_field(server, alice, target, body, words):
+    status, error = _raw(server, alice, target, body)
+    assert 400 <= status < 500, (status, error)
+    for word in words:
+        assert word in error.get("message", error.get("Message", "")), error
+
+
+@pytest.mark.parametrize("config, words", [
+    ("[" * 5000 + "]" * 5000, ["DataInputConfig"]),
+    ('{"data": [' + "9" * 5000 + "]}", ["DataInputConfig"]),
+])
+def test_hostile_data_input_config_is_a_validation_error(alice, sm, uploaded, config, words):
+    request = job_request(alice, "hostile-config", uploaded["onnx"])
+    request["InputConfig"]["DataInputConfig"] = config
+    error = _error(sm.create_compilation_job, **request)
+    assert error.response["Error"]["Code"] == "ValidationException"
+    for word in words:
+        assert word in error.response["Error"]["Message"]

@@ -63,6 +63,8 @@ def _params(body: bytes) -> Any:
         return json.loads(body or b"{}")
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationError("body", f"the request body is not JSON: {exc}") from None
+    except RecursionError:  # nested deeper than the parser goes: no real request is
+        raise ValidationError("body", "the request body is nested too deeply to be a SageMaker request") from None
 
 
 # ---- operations ------------------------------------------------------------------------------------------
