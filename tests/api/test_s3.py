@@ -284,3 +284,17 @@ def test_aws_cli(s3_server, tmp_path):
     assert (tmp_path / "big.out").read_bytes() == big.read_bytes()
     head = s3_server.client().head_object(Bucket="cli-bucket", Key="big.bin")
     assert "-" in head["ETag"]  # it really went up in parts
+
+
+def test_hostile_overrides_and_ranges_get_a_4xx_or_are_ignored(s3_server, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="hostile.txt", Body=b"0123456789")
+    v4 = s3_server.client(signature_version="s3v4")
+    for value in ("text/plain\r\nSet-Cookie: x=1", "text/\u0100plain"):  # a split response; not Latin-1
+        url = v4.generate_presigned_url("get_object", ExpiresIn=60, Params={
+            "Bucket": bucket, "Key": "hostile.txt", "ResponseContentType": value})
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(url, timeout=10)
+        assert raised.value.code == 400 and b"response-content-type" in raised.value.read()
+    # a Range no offset fits is ignored, as S3 ignores a range it cannot parse: the whole object comes back
+    got = s3.get_object(Bucket=bucket, Key="hostile.txt", Range="bytes=" + "9" * 5000 + "-")
+    assert got["Body"].read() == b"0123456789"

@@ -57,7 +57,7 @@ SUBRESOURCES = frozenset({
 })
 # x-amz-server-side-encryption values whose key can be passed on; anything else is refused, not ignored
 _KMS_MODES = ("aws:kms", "aws:kms:dsse")
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")  # beyond 19 digits no offset fits: ignored, as S3 does
 
 
 def _client_error(code: str, status: int, message: str) -> StorageError:
@@ -538,6 +538,7 @@ def _sse_headers(info: ObjectInfo) -> dict[str, str]:
     return headers
 
 
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\xa0-\xff]*")
 _RESPONSE_OVERRIDES = ("content-type", "content-disposition", "content-encoding", "content-language",
                        "cache-control", "expires")
 
@@ -559,6 +560,8 @@ def _object_headers(call: _Call, info: ObjectInfo, whole: bool) -> dict[str, str
     for name in _RESPONSE_OVERRIDES:  # presigned links may choose these (response-content-type=...)
         value = call.param(f"response-{name}")
         if value:
+            if not _HEADER_VALUE.fullmatch(value):  # CR/LF would split the response; non-Latin-1 cannot be sent
+                raise InvalidArgument(f"response-{name} must be printable Latin-1 text without line breaks")
             headers[name] = value
     return headers
 
