@@ -401,6 +401,7 @@ def _raw(server, account, target: str, body: bytes) -> tuple[int, dict]:
 
 @pytest.mark.parametrize("target, body, words", [
     ("ListCompilationJobs", b"[" * 5000 + b"]" * 5000, ["body"]),  # nested past any parser's recursion
+    ("ListCompilationJobs", b"[" * 990 + b"]" * 990, ["body"]),  # just inside the parser's, not the checks'
     ("ListCompilationJobs", b'{"MaxResults": ' + b"9" * 5000 + b"}", ["body"]),  # past int()'s digit limit
     ("ListCompilationJobs", b'{"NextToken": "\\ud800"}', ["NextToken"]),  # a lone surrogate
     ("ListCompilationJobs", b'{"NextToken": "99999999999999999999999999999"}', ["NextToken"]),
@@ -424,3 +425,14 @@ def test_hostile_data_input_config_is_a_validation_error(alice, sm, uploaded, co
     assert error.response["Error"]["Code"] == "ValidationException"
     for word in words:
         assert word in error.response["Error"]["Message"]
+
+
+@pytest.mark.parametrize("where", ["OutputConfig.S3OutputLocation", "InputConfig.S3Uri", "CompilationJobName"])
+def test_a_lone_surrogate_in_a_string_field_is_refused_naming_it(server, alice, uploaded, where):
+    request = job_request(alice, "surrogate", uploaded["onnx"])
+    section, _, name = where.rpartition(".")
+    fields = request[section] if section else request
+    fields[name] = fields[name] + "\ud800"
+    status, error = _raw(server, alice, "CreateCompilationJob", json.dumps(request).encode())
+    assert status == 400 and error["__type"].endswith("ValidationException"), error
+    assert name in error["message"], error

@@ -60,11 +60,30 @@ def _operation(target: str) -> Operation:
 
 def _params(body: bytes) -> Any:
     try:
-        return json.loads(body or b"{}")
+        params = json.loads(body or b"{}")
+        _check_text(params, "")
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationError("body", f"the request body is not JSON: {exc}") from None
     except RecursionError:  # nested deeper than the parser goes: no real request is
         raise ValidationError("body", "the request body is nested too deeply to be a SageMaker request") from None
+    return params
+
+
+def _check_text(value: Any, path: str) -> None:
+    """Every string must be Unicode text: JSON's \\ud800 escapes decode to lone surrogates, which no name,
+    URI or store can hold (they would fail later, as an internal error, far from the request)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(path or "body", "holds a lone UTF-16 surrogate (\\ud800-\\udfff): not text") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, path or "body")
+            _check_text(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_text(item, f"{path}[{index}]")
 
 
 # ---- operations ------------------------------------------------------------------------------------------
