@@ -2,8 +2,11 @@
 plus a way to run the source model."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,3 +120,18 @@ def checked_onnx_model(graph: onnx.GraphProto, opset: int = 17) -> onnx.ModelPro
         raise CompilationError("convert", f"the converted ONNX graph does not check: {str(exc).splitlines()[0]}",
                                "report this model to Kiln's maintainers.") from None
     return model
+
+
+@contextlib.contextmanager
+def fd_silenced(fd: int) -> Iterator[None]:
+    """Send a file descriptor (1 or 2) to /dev/null for the block: native libraries (torch's C++ exporter,
+    TensorFlow) print there directly, and Kiln's own errors say what matters."""
+    (sys.stdout if fd == 1 else sys.stderr).flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), fd)
+            yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)

@@ -6,9 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import re
-import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +17,7 @@ import torch
 
 from modelkiln.errors import CompilationError
 from modelkiln.frontends import pytorch_attention
-from modelkiln.frontends.base import TensorSpec
+from modelkiln.frontends.base import TensorSpec, fd_silenced
 
 OPSET = 17
 MAX_IR_VERSION = 10  # what onnxruntime 1.31 loads
@@ -117,18 +115,9 @@ def _quiet() -> Iterator[None]:
         logging.disable(disabled)
 
 
-@contextlib.contextmanager
-def native_output_silenced() -> Iterator[None]:
+def native_output_silenced() -> contextlib.AbstractContextManager[None]:
     """torch's C++ exporter dumps its whole IR graph to stdout on failure; our error says what matters."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 1)
-            yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+    return fd_silenced(1)
 
 
 def _innermost(exc: BaseException) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from modelkiln.errors import CompilationError, ValidationError
-from modelkiln.frontends.base import TensorSpec
+from modelkiln.frontends.base import TensorSpec, fd_silenced
 from modelkiln.frontends.input_config import FIELD
 from modelkiln.frontends.onnx import MAX_IR_VERSION, STANDARD_DOMAINS
 
@@ -58,16 +58,9 @@ def import_tf2onnx():
 @contextlib.contextmanager
 def stderr_silenced() -> Iterator[None]:
     """Native libraries print straight to fd 2; Python warnings are silenced too. Our errors say what matters."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    with fd_silenced(2), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def strip_port(name: str) -> str:
