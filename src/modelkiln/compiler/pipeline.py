@@ -32,6 +32,7 @@ from modelkiln.frontends import ConvertedModel, check_framework, check_framework
 from modelkiln.runtime.executors import open_executor
 from modelkiln.runtime.model import host_arch
 from modelkiln.targets import CompilerOptions, Target, parse_compiler_options, resolve
+from modelkiln.targets.options import FIELD as OPTIONS_FIELD, FORWARD_ARGS
 
 @dataclass
 class CompileJob:
@@ -52,8 +53,8 @@ def validate(job: CompileJob) -> tuple[Target, CompilerOptions]:
     check_framework(job.framework)
     check_framework_version(job.framework, job.framework_version)
     options = parse_compiler_options(job.compiler_options)
-    if "kiln-forward-args" in options.recorded and job.framework.upper() != "PYTORCH":
-        raise ValidationError("OutputConfig.CompilerOptions.kiln-forward-args",
+    if FORWARD_ARGS in options.recorded and job.framework.upper() != "PYTORCH":
+        raise ValidationError(f"{OPTIONS_FIELD}.{FORWARD_ARGS}",
                               f"binds a TorchScript forward()'s non-tensor parameters; {job.framework} models have none")
     target = resolve(options, device=job.target_device, platform_=job.target_platform)
     return target, options
