@@ -111,10 +111,18 @@ aarch64_python() {
     -c "import numpy, onnxruntime, openvino; assert int(numpy.ones(3).sum()) == 3"
 }
 
+# The job sandbox: a Python that imports Kiln runs jailed as a job would (executor/sandbox.py).
+job_sandbox() {
+  "$1" -c 'import sys; from modelkiln.executor.sandbox import probe; why = probe(); print(why or ""); sys.exit(bool(why))'
+}
+
 venv_pieces() {
   local python=$1 cross=$2 pip="make setup installs it; or .venv/bin/pip install -e '.[compiler]'"
   check "ptxas (nvidia-cuda-nvcc-cu12)" "$pip" ptxas "$python"
   check "PoCL (pyopencl + pocl-binary-distribution)" "$pip" pocl "$python"
+  check "job sandbox (bubblewrap)" \
+    "make system-deps installs bubblewrap; the kernel must allow namespaces (in a container: --privileged or a seccomp profile that allows unshare)" \
+    job_sandbox "$python"
   check "aarch64 IREE runtime under qemu" "make cross-runtimes (delete $cross/aarch64 to refetch it)" \
     aarch64_iree "$cross"
   check "arm64 Python + numpy/onnxruntime/openvino under qemu" \

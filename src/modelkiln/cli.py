@@ -75,12 +75,13 @@ def _parser() -> argparse.ArgumentParser:
         a.set_defaults(func=func)
 
     s = sub.add_parser("serve", help="run the SageMaker-compatible API and S3 endpoint (one port) and the executor")
-    _settings_flags(s, "host", "port", "data_dir", "store_url", "objects_url", "scheduler", "workers",
+    _settings_flags(s, "host", "port", "data_dir", "store_url", "objects_url", "scheduler", *_TLS, "workers",
                     "job_memory_mb", "job_file_size_mb", "max_active_jobs")
     s.set_defaults(func=_serve)
 
-    w = sub.add_parser("worker", help="run Dask worker processes for `kiln serve --scheduler tcp://...`")
-    w.add_argument("--scheduler", required=True, help="the Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    w = sub.add_parser("worker", help="run Dask worker processes for `kiln serve --scheduler tls://...`: they read "
+                                      "the job and object stores from their own settings, not from the tasks")
+    _settings_flags(w, "data_dir", "store_url", "objects_url", "scheduler", *_TLS, "job_memory_mb", "job_file_size_mb")
     w.add_argument("--processes", type=int, default=1, help="worker processes, each running one job at a time")
     w.set_defaults(func=_worker)
 
@@ -202,12 +203,18 @@ _SETTING_HELP = {
     "data_dir": "keys, job store, objects and logs live here (default ./kiln-data)",
     "store_url": "job store: sqlite:///FILE or postgresql+psycopg://USER@HOST/DB (default: SQLite in the data dir)",
     "objects_url": "object store: a directory, or http(s)://[KEY:SECRET@]HOST:PORT?region=R for an S3 endpoint",
-    "scheduler": "an external Dask scheduler, tcp://HOST:PORT (default: start a local cluster)",
+    "scheduler": "an external Dask scheduler, tls://HOST:PORT or tcp://HOST:PORT (default: start a local cluster)",
+    "tls_ca_file": "CA certificate that signs the Dask scheduler's and workers' certificates (PEM)",
+    "tls_cert": "this node's certificate for Dask TLS (PEM)",
+    "tls_key": "this node's private key for Dask TLS (PEM)",
     "workers": "local Dask worker processes, each running one job at a time",
     "job_memory_mb": "memory limit of each job's sandboxed compiler process (default 8192)",
     "job_file_size_mb": "largest file a job may write (default 4096)",
     "max_active_jobs": "unfinished jobs an account may have; more is ResourceLimitExceeded (default 20)",
 }
+
+
+_TLS = ("tls_ca_file", "tls_cert", "tls_key")
 
 
 def _settings_flags(parser: argparse.ArgumentParser, *names: str) -> None:
@@ -245,7 +252,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from modelkiln.serve import worker
 
-    worker(args.scheduler, args.processes)
+    worker(_settings(args), args.processes)
     return 0
 
 

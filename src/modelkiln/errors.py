@@ -26,3 +26,12 @@ class CompilationError(KilnError):
         self.stage = stage
         self.message = message
         self.hint = hint
+
+
+def failure_reason(exc: KilnError) -> str:
+    """A FailureReason in Neo's style: ClientError for what the user must change, naming the stage and the fix."""
+    if isinstance(exc, ValidationError):
+        return f"ClientError: {exc.field}: {exc.message}"
+    if isinstance(exc, CompilationError):
+        return f"ClientError: {exc.stage}: {exc.message}" + (f" Fix: {exc.hint}" if exc.hint else "")
+    return f"ClientError: {exc}"

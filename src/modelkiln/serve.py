@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from modelkiln.settings import Settings
 
@@ -17,7 +18,7 @@ def serve(settings: Settings) -> None:
 
     from modelkiln.api import Services, create_app
     from modelkiln.auth import AccountStore
-    from modelkiln.executor import DaskExecutor, Dispatcher, WorkerConfig
+    from modelkiln.executor import DaskExecutor, Dispatcher, sandbox
     from modelkiln.jobs.store import JobStore
     from modelkiln.storage import open_store
 
@@ -29,8 +30,13 @@ def serve(settings: Settings) -> None:
     for chatty in ("alembic", "distributed"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.scheduler:  # the local workers' jobs are sandboxed here: refuse to start if they cannot be
+        why = sandbox.probe()
+        if why:
+            raise SystemExit(f"kiln serve: jobs cannot be sandboxed on this machine: {why}")
     jobs = JobStore(settings.job_store_url)
-    executor = DaskExecutor(worker_config(settings), settings.scheduler, settings.workers)
+    executor = DaskExecutor(settings.scheduler, settings.workers, env=worker_env(settings),
+                            security=dask_security(settings))
     executor.start()
     dispatcher = Dispatcher(jobs, executor.submit)
     dispatcher.start()
@@ -48,15 +54,40 @@ def serve(settings: Settings) -> None:
         jobs.close()
 
 
-def worker_config(settings: Settings):
-    from modelkiln.executor import WorkerConfig
+def worker_env(settings: Settings) -> dict[str, str]:
+    """What a worker process needs to run any job, as its environment (runner.WorkerConfig reads it): workers
+    read their own configuration, so no task sent through the scheduler carries a store's credentials."""
+    return {"KILN_STORE_URL": settings.job_store_url, "KILN_OBJECTS_URL": settings.object_store_url,
+            "KILN_JOB_MEMORY_MB": str(settings.job_memory_mb), "KILN_JOB_FILE_SIZE_MB": str(settings.job_file_size_mb)}
 
-    return WorkerConfig(settings.job_store_url, settings.object_store_url, settings.job_memory_mb,
-                        settings.job_file_size_mb)
+
+def dask_security(settings: Settings):
+    """Dask TLS with the configured certificates (mutual: the scheduler and every node present one signed by
+    the CA), or None for a plain tcp:// scheduler."""
+    files = (settings.tls_ca_file, settings.tls_cert, settings.tls_key)
+    if not any(files):
+        return None
+    if not all(files) or not all(Path(f).is_file() for f in files):
+        raise SystemExit("Dask TLS needs all of tls_ca_file, tls_cert and tls_key, each an existing PEM file: "
+                         f"got {files}")
+    from distributed.security import Security
+
+    return Security(tls_ca_file=settings.tls_ca_file, tls_client_cert=settings.tls_cert,
+                    tls_client_key=settings.tls_key, tls_worker_cert=settings.tls_cert,
+                    tls_worker_key=settings.tls_key, require_encryption=True)
 
 
-def worker(scheduler: str, processes: int) -> None:
-    """Become Dask worker processes of `scheduler`, one job at a time each (jobs bring their own settings)."""
-    argv = [sys.executable, "-m", "distributed.cli.dask_worker", scheduler, "--nthreads", "1",
+def worker(settings: Settings, processes: int) -> None:
+    """Become Dask worker processes of the scheduler, one job at a time each, configured from `settings`."""
+    from modelkiln.executor import sandbox
+
+    if not settings.scheduler:
+        raise SystemExit("kiln worker: give the Dask scheduler with --scheduler tls://HOST:PORT (or KILN_SCHEDULER)")
+    why = sandbox.probe()
+    if why:
+        raise SystemExit(f"kiln worker: jobs cannot be sandboxed on this machine: {why}")
+    argv = [sys.executable, "-m", "distributed.cli.dask_worker", settings.scheduler, "--nthreads", "1",
             "--nworkers", str(processes), "--memory-limit", "0", "--no-dashboard"]
-    os.execv(sys.executable, argv)
+    if dask_security(settings) is not None:
+        argv += ["--tls-ca-file", settings.tls_ca_file, "--tls-cert", settings.tls_cert, "--tls-key", settings.tls_key]
+    os.execve(sys.executable, argv, {**os.environ, **worker_env(settings)})

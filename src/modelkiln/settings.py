@@ -6,7 +6,10 @@ file (TOML: --config, $KILN_CONFIG, or DATA_DIR/kiln.toml), else the default.
     data_dir = "/var/lib/kiln"  # KILN_DATA_DIR: keys.json, kiln.db, objects/, work/
     store_url = "postgresql+psycopg://kiln@db/kiln"   # KILN_STORE_URL (default: SQLite in data_dir)
     objects_url = "http://minio:9000?region=us-east-1" # KILN_OBJECTS_URL (default: data_dir/objects)
-    scheduler = "tcp://scheduler:8786"                 # KILN_SCHEDULER (default: a LocalCluster)
+    scheduler = "tls://scheduler:8786"                 # KILN_SCHEDULER (default: a LocalCluster)
+    tls_ca_file = "/etc/kiln/ca.pem"                   # KILN_TLS_CA_FILE: Dask TLS (an external scheduler)
+    tls_cert = "/etc/kiln/node.pem"                    # KILN_TLS_CERT
+    tls_key = "/etc/kiln/node-key.pem"                 # KILN_TLS_KEY
     workers = 2                 # KILN_WORKERS: LocalCluster worker processes (one job each at a time)
     job_memory_mb = 8192        # KILN_JOB_MEMORY_MB: address-space limit of a job's sandbox process
     job_file_size_mb = 4096     # KILN_JOB_FILE_SIZE_MB: largest file a job may write
@@ -36,6 +39,9 @@ class Settings:
     store_url: str = ""
     objects_url: str = ""
     scheduler: str = ""
+    tls_ca_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
     workers: int = max(1, (os.cpu_count() or 2) // 2)
     job_memory_mb: int = 8192
     job_file_size_mb: int = 4096

@@ -61,23 +61,46 @@ def test_postgresql_store_survives_a_restart(tmp_path, postgres_server, models):
         server.stop()
 
 
+def _certificates(directory: Path, ca_name: str) -> list[str]:
+    """A CA and one node certificate it signs (real openssl): the --tls-ca-file/--tls-cert/--tls-key triple."""
+    directory.mkdir()
+    ca, ca_key, cert, key, csr = (str(directory / n) for n in ("ca.pem", "ca-key.pem", "node.pem", "node-key.pem",
+                                                                "node.csr"))
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    for argv in (["req", "-x509", *ec, "-subj", f"/CN={ca_name}", "-days", "2", "-keyout", ca_key, "-out", ca],
+                 ["req", *ec, "-subj", "/CN=kiln-node", "-keyout", key, "-out", csr],
+                 ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "2",
+                  "-out", cert]):
+        subprocess.run(["openssl", *argv], check=True, capture_output=True)
+    return [ca, cert, key]
+
+
+def _tls_flags(files: list[str]) -> list[str]:
+    return [arg for flag, path in zip(("--tls-ca-file", "--tls-cert", "--tls-key"), files) for arg in (flag, path)]
+
+
 @pytest.fixture
 def dask_cluster(tmp_path):
-    """A real Dask scheduler and two `kiln worker` processes, each its own OS process."""
+    """A real Dask scheduler speaking TLS only and two `kiln worker` processes configured by their own flags
+    (the server's data dir), each its own OS process; yields the address and the TLS flags."""
     port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
+    address = f"tls://127.0.0.1:{port}"
+    tls = _tls_flags(_certificates(tmp_path / "tls", "kiln-test-ca"))
     log = open(tmp_path / "dask.log", "ab")
     procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                               "--port", str(port), "--dashboard-address", "127.0.0.1:0"],
+                               "--port", str(port), "--protocol", "tls", "--dashboard-address", "127.0.0.1:0", *tls],
                               stdout=log, stderr=subprocess.STDOUT)]
     time.sleep(2)
-    procs += [subprocess.Popen([KILN, "worker", "--scheduler", address], stdout=log, stderr=subprocess.STDOUT)
-              for _ in range(2)]
+    procs += [subprocess.Popen([KILN, "worker", "--scheduler", address, "--data-dir", str(tmp_path / "data"), *tls],
+                               stdout=log, stderr=subprocess.STDOUT) for _ in range(2)]
     from distributed import Client
+    from distributed.security import Security
 
-    with Client(address, timeout="60s") as client:
+    ca, cert, key = tls[1::2]
+    security = Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
+    with Client(address, timeout="60s", security=security) as client:
         client.wait_for_workers(2, timeout=90)
-    yield address
+    yield address, tls
     for proc in reversed(procs):
         proc.send_signal(signal.SIGTERM)
     for proc in procs:
@@ -87,8 +110,9 @@ def dask_cluster(tmp_path):
             proc.kill()
 
 
-def test_external_scheduler_runs_jobs_on_both_workers(tmp_path, dask_cluster, models):
-    server = KilnServer(tmp_path / "data", ["--scheduler", dask_cluster]).start()
+def test_external_tls_scheduler_runs_jobs_on_both_workers(tmp_path, dask_cluster, models):
+    address, tls = dask_cluster
+    server = KilnServer(tmp_path / "data", ["--scheduler", address, *tls]).start()
     try:
         account = server.create_account()
         model = _upload(server, account, models)
@@ -104,6 +128,16 @@ def test_external_scheduler_runs_jobs_on_both_workers(tmp_path, dask_cluster, mo
         assert len(pids) == 2
     finally:
         server.stop()
+    from distributed import Client
+    from distributed.security import Security
+
+    # the scheduler admits no one without a certificate its CA signed
+    with pytest.raises((OSError, TimeoutError, ValueError)):
+        Client(address.replace("tls://", "tcp://"), timeout="5s")
+    ca, cert, key = _certificates(tmp_path / "other", "another-ca")
+    with pytest.raises((OSError, TimeoutError)):
+        Client(address, timeout="5s", security=Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key,
+                                                        require_encryption=True))
 
 
 def test_server_killed_mid_job_recovers_it(tmp_path, models):
@@ -139,7 +173,7 @@ def test_job_limits_memory_and_active_jobs(tmp_path, models):
             sm.create_compilation_job(**job_request(account, "one-too-many", model))
         job = wait_for_job(sm, "starved-1")
         assert job["CompilationJobStatus"] == "FAILED"
-        assert "more memory than this Kiln server allows a job (150 MB)" in job["FailureReason"]
+        assert "more memory than this Kiln server allows a job (150 MB" in job["FailureReason"]
         wait_for_job(sm, "starved-2")
         sm.create_compilation_job(**job_request(account, "room-again", model))  # finished jobs free the slots
         sm.stop_compilation_job(CompilationJobName="room-again")

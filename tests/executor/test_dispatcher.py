@@ -5,6 +5,8 @@ import os
 import time
 from concurrent.futures import Future
 
+import pytest
+
 from modelkiln.executor import Dispatcher
 from modelkiln.jobs.model import FAILED, INPROGRESS, STARTING
 from modelkiln.jobs.store import JobStore
@@ -112,3 +114,20 @@ def test_jobs_of_a_dead_local_worker_are_recovered_before_their_lease_ends(tmp_p
     Dispatcher(store, recorder(submitted)).tick()
     assert store.get("111111111111", "orphaned").status == STARTING and submitted == [(job.id, 1)]
     assert store.get("111111111111", "still-running").status == INPROGRESS
+
+
+def test_a_task_carries_only_the_job_id_and_workers_read_their_own_configuration():
+    from types import SimpleNamespace
+
+    from modelkiln.executor import DaskExecutor, WorkerConfig, run_job
+
+    executor = DaskExecutor(env={"KILN_OBJECTS_URL": "http://KEY:SECRET@objects:9000"})
+    sent = []
+    executor.client = SimpleNamespace(submit=lambda fn, *args, key: sent.append((fn, args)))
+    executor.submit(7, 1)
+    assert sent == [(run_job, (7,))]  # nothing of the stores' addresses or credentials travels with a task
+    config = WorkerConfig.from_environ({"KILN_STORE_URL": "sqlite:///x.db", "KILN_OBJECTS_URL": "/srv/objects",
+                                        "KILN_JOB_MEMORY_MB": "150"})
+    assert (config.store_url, config.objects_url, config.job_memory_mb) == ("sqlite:///x.db", "/srv/objects", 150)
+    with pytest.raises(RuntimeError, match="KILN_STORE_URL or KILN_OBJECTS_URL.*kiln worker"):
+        WorkerConfig.from_environ({})

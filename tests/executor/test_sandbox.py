@@ -5,7 +5,7 @@ import os
 import sys
 import time
 
-from modelkiln.executor import sandbox
+from modelkiln.executor import sandbox, scratch
 
 LIMITS = sandbox.Limits(memory_bytes=512 * 2**20, file_size_bytes=2**20, cpu_seconds=60)
 
@@ -17,8 +17,18 @@ def _python(code: str, limits: sandbox.Limits = LIMITS):
 def test_output_is_captured_and_exit_status_kept():
     child = _python("print('hello'); import sys; sys.stderr.write('err\\n'); sys.exit(3)")
     assert child.stdout.read().splitlines() == ["hello", "err"]
-    assert child.wait(30) == 3
+    assert child.wait(30) == 3 and child.peak_rss_bytes > 1 << 20
     assert "status 3" in sandbox.describe_exit(3, LIMITS)
+
+
+def test_exit_reasons_name_the_signal_and_the_memory_limit_only_when_it_was_hit():
+    killed = sandbox.describe_exit(128 + 9, LIMITS, peak_rss_bytes=300 * 2**20)  # bwrap's way to say SIGKILL
+    assert killed.startswith("ServerError:") and "signal 9 (SIGKILL)" in killed and "300 MB" in killed
+    assert "memory limit" not in killed
+    crashed = sandbox.describe_exit(-11, LIMITS)
+    assert "signal 11 (SIGSEGV)" in crashed and "memory" not in crashed
+    starved = sandbox.describe_exit(-6, LIMITS, last_lines=["terminate called after throwing 'std::bad_alloc'"])
+    assert starved.startswith("ClientError:") and "allows a job (512 MB" in starved and "job_memory_mb" in starved
 
 
 def test_memory_limit_stops_a_greedy_child():
@@ -70,3 +80,39 @@ def test_a_child_ignoring_sigterm_is_killed():
     assert child.stdout.readline().strip() == "ready"
     sandbox.kill(child, grace_s=1)
     assert child.returncode == -9
+
+
+def test_a_jailed_child_sees_only_its_directory_and_system_files(tmp_path):
+    work = tmp_path / "job"
+    uid = sandbox.job_uid(7)
+    sandbox.prepare(work, uid)
+    (tmp_path / "secret").write_text("not for jobs")
+    code = ("import os, socket\n"
+            "print(sorted(os.listdir('/')), os.getcwd(), os.getuid(), sorted(os.environ))\n"
+            "open('/job/out.txt', 'w').write('ok'); open('/tmp/t', 'w').write('ok')\n"
+            f"for path in ({str(tmp_path / 'secret')!r}, '/root', '/etc/shadow'):\n"
+            "    print(path, os.path.exists(path))\n"
+            "try:\n    socket.create_connection(('127.0.0.1', 22), timeout=2)\n"
+            "except OSError as exc:\n    print('network', type(exc).__name__)\n")
+    child = sandbox.start([sys.executable, "-c", code], LIMITS, sandbox.Jail(work, uid, sandbox.child_env()))
+    out = child.stdout.read()
+    assert child.wait(30) == 0, out
+    assert (work / "out.txt").read_text() == "ok" and (work / "tmp" / "t").read_text() == "ok"
+    assert f"{tmp_path / 'secret'} False" in out and "/etc/shadow False" in out and "network" in out
+    assert "/job" in out and "'PATH'" in out and "'PWD'" in out
+    if uid is not None:
+        assert f" {uid} " in out
+
+
+def test_sweep_removes_the_directories_no_supervisor_holds(tmp_path, monkeypatch):
+    monkeypatch.setenv("KILN_WORK_DIR", str(tmp_path))
+    live, dead = scratch.job_dir(1, 1, "live"), scratch.job_dir(2, 1, "dead")
+    dead.mkdir(parents=True)
+    dead.with_name(dead.name + ".lock").touch()  # its supervisor died holding it: the kernel dropped the lock
+    orphan = scratch.job_dir(3, 1, "nolock")
+    orphan.mkdir()
+    with scratch.held(live):
+        live.mkdir()
+        assert sorted(scratch.sweep()) == [dead, orphan]
+        assert live.is_dir() and not dead.exists() and not orphan.exists()
+    assert not live.exists() and list(tmp_path.joinpath("kiln-jobs").iterdir()) == []

@@ -305,6 +305,7 @@ def test_leases_renew_lapse_retry_then_fail(store):
     assert (again.name, again.attempts, again.start_time) == ("job", 2, T0 + 20)
     [failed] = store.recover_expired_leases(now=T0 + 31)
     assert failed.status == FAILED and "w2" in failed.failure_reason and "lease" in failed.failure_reason
+    assert f"detected at {datetime.fromtimestamp(T0 + 31, UTC):%Y-%m-%d %H:%M:%S} UTC" in failed.failure_reason
     assert store.get(ACCOUNT, "job") == failed
 
 

@@ -8,14 +8,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from modelkiln.executor.runner import WorkerConfig, run_job
+from modelkiln.executor.runner import run_job
 
 log = logging.getLogger("kiln.executor")
 
 
 class DaskExecutor:
-    def __init__(self, config: WorkerConfig, scheduler: str = "", workers: int = 1) -> None:
-        self.config, self.scheduler, self.workers = config, scheduler, workers
+    def __init__(self, scheduler: str = "", workers: int = 1, *, env: dict[str, str] | None = None,
+                 security: Any = None) -> None:
+        """`env`: the local workers' configuration (see runner.WorkerConfig); `security`: Dask TLS for an
+        external scheduler (its workers are configured by `kiln worker`)."""
+        self.scheduler, self.workers, self.env, self.security = scheduler, workers, env or {}, security
         self.client: Any = None
         self.cluster: Any = None
         self._submissions = 0
@@ -24,12 +27,12 @@ class DaskExecutor:
         from distributed import Client, LocalCluster
 
         if self.scheduler:
-            self.client = Client(self.scheduler, timeout="30s")
+            self.client = Client(self.scheduler, timeout="30s", security=self.security)
         else:
             # Loopback only; the scheduler's HTTP server always starts, so give it any free port.
             self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
                                         host="127.0.0.1", memory_limit=0, dashboard_address="127.0.0.1:0",
-                                        silence_logs=logging.WARNING)
+                                        silence_logs=logging.WARNING, env=self.env)
             self.client = Client(self.cluster)
         log.info("Dask executor: %s", self.client.scheduler_info().get("address", self.scheduler))
 
@@ -37,7 +40,8 @@ class DaskExecutor:
         """Queue run_job for the job; the future (held by the dispatcher, which keeps the task alive)."""
         # The key names the attempt, so a retried job gets a new task, and a resubmitted one a fresh key.
         self._submissions += 1
-        return self.client.submit(run_job, self.config, job_id, key=f"kiln-job-{job_id}-{attempt}-{self._submissions}")
+        # Only the job's id travels: the worker reads the stores' addresses from its own configuration.
+        return self.client.submit(run_job, job_id, key=f"kiln-job-{job_id}-{attempt}-{self._submissions}")
 
     def close(self) -> None:
         if self.client is not None:

@@ -1,47 +1,72 @@
 """One job on one worker: claim it, run its sandboxed child, watch it, and record how it ended.
 
-This is the function Dask runs (`run_job(config, job_id)`); it needs only the job store and the object store
-named in `config`, so it runs the same in a LocalCluster worker and on another machine.
+This is the function Dask runs (`run_job(job_id)`); it needs only the job store and the object store named in
+the worker's own configuration, so it runs the same in a LocalCluster worker and on another machine. The
+supervisor (this process) holds the credentials: it fetches the model and uploads the artifact; the sandboxed
+child in between sees neither the stores nor the network.
 """
 from __future__ import annotations
 
+import collections
+import hashlib
 import json
 import os
 import queue
-import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
-from modelkiln.executor import sandbox
-from modelkiln.executor.spec import JobSpec
+from modelkiln.errors import CompilationError, KilnError, failure_reason
+from modelkiln.executor import sandbox, scratch
+from modelkiln.executor.spec import JobSpec, artifact_name
 from modelkiln.jobs.errors import JobError, LeaseLost, StatusConflict
 from modelkiln.jobs.model import COMPLETED, FAILED, INPROGRESS, STOPPED, STOPPING, Job
 from modelkiln.jobs.store import JobStore
+from modelkiln.storage import download_file, open_store, parse_s3_uri, upload_file
+
+T = TypeVar("T")
 
 LEASE_S = 30.0  # a worker that has not renewed for this long is presumed dead (see jobs/leases.py)
 RENEW_EVERY_S = 5.0
 POLL_S = 0.5  # how often the child's output is copied to the log and a stop request looked for
 CPU_SLACK = 4  # RLIMIT_CPU = this x MaxRuntimeInSeconds: several threads burn CPU time faster than the clock
+RESULT = "result.json"
+MAX_RESULT_BYTES = 1 << 20  # the child's result is hostile input too
+MAX_REASON = 4096
+TAIL_LINES = 40  # the child's last lines, searched for an out-of-memory message when it dies
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """What a worker needs to run any job (sent with each Dask task, so workers need no settings of their own)."""
+    """What a worker needs to run any job: its own configuration, in its environment (`kiln serve` sets it
+    for its local workers, `kiln worker` from its settings), never sent with a task."""
 
     store_url: str
     objects_url: str
     job_memory_mb: int = 8192
     job_file_size_mb: int = 4096
 
+    @classmethod
+    def from_environ(cls, env: Mapping[str, str]) -> WorkerConfig:
+        missing = [name for name in ("KILN_STORE_URL", "KILN_OBJECTS_URL") if not env.get(name)]
+        if missing:
+            raise RuntimeError(f"this Dask worker has no {' or '.join(missing)}: start workers with `kiln worker`, "
+                               "which sets them from its settings")
+        return cls(env["KILN_STORE_URL"], env["KILN_OBJECTS_URL"], int(env.get("KILN_JOB_MEMORY_MB") or 8192),
+                   int(env.get("KILN_JOB_FILE_SIZE_MB") or 4096))
 
-def run_job(config: WorkerConfig, job_id: int) -> str:
+
+def run_job(job_id: int, config: WorkerConfig | None = None) -> str:
     """Run job `job_id` if it is still STARTING; returns its final status (or why it was not run)."""
+    config = config or WorkerConfig.from_environ(os.environ)
     store = JobStore(config.store_url, migrate=False)
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     try:
@@ -62,39 +87,94 @@ class _Supervisor:
         self.runtime_s = runtime
         self.limits = sandbox.Limits(config.job_memory_mb * 2**20, config.job_file_size_mb * 2**20,
                                      CPU_SLACK * runtime + 60)
-        self.work = _scratch() / f"job-{job.id}-{job.attempts}-{worker_id.rsplit(':', 1)[-1]}"
+        self.work = scratch.job_dir(job.id, job.attempts, worker_id.rsplit(":", 1)[-1])
+        self.jail = sandbox.Jail(self.work, sandbox.job_uid(job.id), sandbox.child_env())
         self.lines: queue.Queue[str] = queue.Queue()
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.child: sandbox.Child | None = None
 
     def run(self) -> str:
         self.log(f"kiln: job {self.job.name} claimed by worker {self.worker_id} (attempt {self.job.attempts})")
-        shutil.rmtree(self.work, ignore_errors=True)
-        self.work.mkdir(parents=True)
-        try:
-            spec = self._spec()
-            spec.write(self.work / "spec.json")
-            child = sandbox.start([sys.executable, "-m", "modelkiln.executor.job_main", str(self.work / "spec.json")],
-                                  self.limits, env=_child_env())
-            pump = threading.Thread(target=self._pump, args=(child,), daemon=True)
-            pump.start()
-            return self._watch(child, pump, spec)
-        except LeaseLost:
-            self.log("kiln: this worker lost the job's lease; another worker or the recovery took it over")
-            return "lease lost"
-        finally:
-            shutil.rmtree(self.work, ignore_errors=True)
+        scratch.sweep()
+        with scratch.held(self.work):
+            try:
+                sandbox.prepare(self.work, self.jail.uid)
+                return self._run()
+            except LeaseLost:
+                self.log(f"kiln: this worker lost the job's lease (detected at {_utc(time.time())}); another "
+                         "worker or the recovery took it over")
+                return "lease lost"
+            finally:
+                if self.child is not None and self.child.poll() is None:
+                    sandbox.kill(self.child, grace_s=0)  # never leave a compile behind, whatever ended the watch
 
-    def _spec(self) -> JobSpec:
+    def _run(self) -> str:
+        model = self._renewing(self._fetch)
+        if isinstance(model, str):
+            return self._finish(FAILED, {INPROGRESS}, failure_reason=model)
+        spec = self._spec(model)
+        spec.write(self.work / "spec.json")
+        self.child = sandbox.start([sys.executable, "-m", "modelkiln.executor.job_main", "/job/spec.json"],
+                                   self.limits, self.jail)
+        pump = threading.Thread(target=self._pump, args=(self.child,), daemon=True)
+        pump.start()
+        return self._watch(self.child, pump)
+
+    def _fetch(self) -> Path | str:
+        """The job's model, downloaded into its directory for the child to read; or why it cannot be."""
+        uri = self.job.input_config["S3Uri"]
+        self.log(f"fetch: downloading {uri}")
+        try:
+            source = parse_s3_uri(uri)
+            local = self.work / (source.key.rsplit("/", 1)[-1] or "model.tar.gz")
+            download_file(open_store(self.config.objects_url), self.job.account_id, source.bucket, source.key, local)
+        except KilnError as exc:
+            return failure_reason(CompilationError(
+                "fetch", f"cannot read InputConfig.S3Uri {uri}: {exc}",
+                "upload the model there, or correct S3Uri, and create the job again"))
+        local.chmod(0o644)
+        return local
+
+    def _upload(self, result: dict) -> dict[str, str] | str:
+        """The child's artifact written to S3OutputLocation; its job fields, or why it was not."""
+        out = self.job.output_config
+        destination = parse_s3_uri(out["S3OutputLocation"]).join(
+            artifact_name(self.job.input_config["S3Uri"], out.get("TargetDevice"), out.get("TargetPlatform")))
+        artifact = self.work / "out" / "model.tar.gz"
+        # The child is gone (its PID namespace with it), so nothing can swap these paths after this check; a
+        # link would have the supervisor upload a file of its own choosing.
+        if any(p.is_symlink() for p in (artifact.parent, artifact)) or not artifact.is_file():
+            return "ServerError: the compile reported success but left no artifact; the job log has its output."
+        self.log(f"upload: writing {destination}")
+        try:
+            upload_file(open_store(self.config.objects_url), self.job.account_id, artifact, destination.bucket,
+                        destination.key, content_type="application/gzip", sse_kms_key_id=out.get("KmsKeyId"))
+        except KilnError as exc:
+            return failure_reason(CompilationError(
+                "upload", f"cannot write the artifact to {destination}: {exc}",
+                "create that bucket, or correct OutputConfig.S3OutputLocation, and create the job again"))
+        return {"artifact_uri": str(destination), "artifact_digest": _sha256(artifact),
+                "derived_data_input_config": str(result.get("derived_data_input_config") or "")}
+
+    def _spec(self, model: Path) -> JobSpec:
         inp, out = self.job.input_config, self.job.output_config
         return JobSpec(
-            account_id=self.job.account_id, input_uri=inp["S3Uri"], framework=inp["Framework"],
-            output_location=out["S3OutputLocation"], objects_url=self.config.objects_url, work_dir=str(self.work),
+            framework=inp["Framework"], model_path=str(self.jail.inside(model)),
+            output_dir=str(sandbox.JOB_ROOT / "out"), result_path=str(sandbox.JOB_ROOT / RESULT),
             data_input_config=inp.get("DataInputConfig"), framework_version=inp.get("FrameworkVersion"),
             target_device=out.get("TargetDevice"),
             target_platform=out.get("TargetPlatform"), compiler_options=out.get("CompilerOptions"),
-            kms_key_id=out.get("KmsKeyId"),
         )
 
-    def _watch(self, child, pump: threading.Thread, spec: JobSpec) -> str:
+    def _renewing(self, work: Callable[[], T]) -> T:
+        """work() in a thread, while this one keeps the job's lease (a large model takes a while to move)."""
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(work)
+            while not wait([future], timeout=RENEW_EVERY_S).done:
+                self.store.renew_lease(self.job.account_id, self.job.name, self.worker_id, LEASE_S)
+            return future.result()
+
+    def _watch(self, child: sandbox.Child, pump: threading.Thread) -> str:
         deadline = (self.job.start_time or time.time()) + self.runtime_s
         next_renew = time.monotonic() + RENEW_EVERY_S
         while child.poll() is None:
@@ -116,16 +196,17 @@ class _Supervisor:
                     "CompilerOptions {\"kiln-backend\": ...}."))
         pump.join(10)  # every line the child wrote is in the log before the job ends
         self._flush()
-        result = _read_result(spec.result_path)
+        result = _read_result(self.work / RESULT)
         if result is None:
-            return self._finish(FAILED, {INPROGRESS}, failure_reason=(
-                f"ClientError: {sandbox.describe_exit(child.returncode, self.limits)}. Compile a smaller model, "
-                "or ask the Kiln operator to raise the job limits (job_memory_mb, job_file_size_mb)."))
-        if result["ok"]:
-            return self._finish(COMPLETED, {INPROGRESS}, artifact_uri=result["artifact_uri"],
-                                artifact_digest=result["artifact_digest"],
-                                derived_data_input_config=result["derived_data_input_config"])
-        return self._finish(FAILED, {INPROGRESS}, failure_reason=result["reason"])
+            assert child.returncode is not None
+            reason = sandbox.describe_exit(child.returncode, self.limits, child.peak_rss_bytes, self.tail)
+            return self._finish(FAILED, {INPROGRESS}, failure_reason=reason)
+        if not result.get("ok"):
+            return self._finish(FAILED, {INPROGRESS}, failure_reason=str(result.get("reason"))[:MAX_REASON])
+        fields = self._renewing(lambda: self._upload(result))
+        if isinstance(fields, str):
+            return self._finish(FAILED, {INPROGRESS}, failure_reason=fields)
+        return self._finish(COMPLETED, {INPROGRESS}, **fields)
 
     def _finish(self, status: str, expected: set[str], **fields: str) -> str:
         """Record the outcome; a stop that raced the child's last moments still wins (the user asked for it)."""
@@ -144,10 +225,11 @@ class _Supervisor:
         job = self.store.get_by_id(self.job_id)
         return job.status if job else None
 
-    def _pump(self, child) -> None:
+    def _pump(self, child: sandbox.Child) -> None:
         assert child.stdout is not None
         for line in child.stdout:
             self.lines.put(line.rstrip("\n"))
+            self.tail.append(line)
 
     def _flush(self) -> None:
         batch = []
@@ -168,18 +250,23 @@ class _Supervisor:
 
 
 def _read_result(path: Path) -> dict | None:
+    """The child's RESULT.json: a plain file of its directory (never a link it planted), else None."""
     try:
-        return json.loads(path.read_text())
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            result = json.loads(f.read(MAX_RESULT_BYTES))
     except (OSError, ValueError):
         return None
+    return result if isinstance(result, dict) else None
 
 
-def _scratch() -> Path:
-    """Scratch space on the worker's own machine: $KILN_WORK_DIR, else the system temp dir."""
-    return Path(os.environ.get("KILN_WORK_DIR") or tempfile.gettempdir()) / "kiln-jobs"
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -92,7 +92,7 @@ def recover_expired(engine: sa.Engine, now: float | None = None, *, max_attempts
             elif job.attempts < max_attempts:
                 new = requeue(job, now=now)
             else:
-                new = transition(job, FAILED, now=now, failure_reason=_lost_reason(job))
+                new = transition(job, FAILED, now=now, failure_reason=_lost_reason(job, now))
             save(conn, job, new)
             changed.append(new)
     return changed
@@ -113,11 +113,16 @@ def expire_pending(engine: sa.Engine, now: float | None = None) -> list[Job]:
     return failed
 
 
-def _lost_reason(job: Job) -> str:
-    lapsed = datetime.fromtimestamp(job.lease_expires or 0, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _lost_reason(job: Job, now: float) -> str:
+    lease = (f"its lease lapsed at {_utc(job.lease_expires)}" if job.lease_expires and job.lease_expires < now
+             else "its process had exited")
     runs = "once" if job.attempts == 1 else f"{job.attempts} times"
-    return (f"ServerError: the Kiln worker running this job ({job.lease_owner}) stopped responding "
-            f"(its lease lapsed at {lapsed}); the job was started {runs} and no worker finished it. "
+    return (f"ServerError: the Kiln worker running this job ({job.lease_owner}) stopped responding ({lease}; "
+            f"detected at {_utc(now)}); the job was started {runs} and no worker finished it. "
             "This is a Kiln server problem, not a problem with your model, unless the model exhausts the worker's "
             "memory: ask the Kiln operator to check the worker logs, then create the job again under a new name.")
 
