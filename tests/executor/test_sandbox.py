@@ -5,6 +5,8 @@ import os
 import sys
 import time
 
+import pytest
+
 from modelkiln.executor import sandbox, scratch
 
 LIMITS = sandbox.Limits(memory_bytes=512 * 2**20, file_size_bytes=2**20, cpu_seconds=60)
@@ -82,9 +84,11 @@ def test_a_child_ignoring_sigterm_is_killed():
     assert child.returncode == -9
 
 
-def test_a_jailed_child_sees_only_its_directory_and_system_files(tmp_path):
+@pytest.mark.parametrize("own_uid", [True, False], ids=["job-uid", "user-namespace"])
+def test_a_jailed_child_sees_only_its_directory_and_system_files(tmp_path, own_uid):
+    """Both ways a job is jailed: its own uid (a root server), or the server's uid in a user namespace."""
     work = tmp_path / "job"
-    uid = sandbox.job_uid(7)
+    uid = sandbox.job_uid(7) if own_uid else None
     sandbox.prepare(work, uid)
     (tmp_path / "secret").write_text("not for jobs")
     code = ("import os, socket\n"

@@ -1,9 +1,13 @@
 """Running compilation jobs: the job store is the queue, Dask distributes the work, a sandbox contains it.
 
     dispatcher (in `kiln serve`)  -- STARTING jobs -->  Dask task run_job(job_id) on any worker
-    run_job: claim (lease) -> sandboxed `python -m modelkiln.executor.job_main spec.json` -> COMPLETED | FAILED
-             while renewing the lease, copying the child's output into the job log, and killing the child
-             on StopCompilationJob (-> STOPPED) or MaxRuntimeInSeconds (-> FAILED).
+    run_job (the supervisor, holding the worker's own store credentials):
+        claim (lease) -> fetch S3Uri into the job directory
+        -> sandboxed `python -m modelkiln.executor.job_main /job/spec.json` (sandbox.py: no credentials, no
+           network, only /job writable): unpack, convert, compile, verify, package into /job/out
+        -> upload the artifact to S3OutputLocation -> COMPLETED | FAILED
+    while renewing the lease, copying the child's output into the job log, and killing the child (its whole
+    PID namespace) on StopCompilationJob (-> STOPPED) or MaxRuntimeInSeconds (-> FAILED).
 """
 from modelkiln.executor.cluster import DaskExecutor
 from modelkiln.executor.dispatcher import Dispatcher
