@@ -205,3 +205,11 @@ def test_sleeping_forever_fails_at_max_runtime_while_other_jobs_complete(kiln, m
     job = wait_for_job(sm, "sleeper", timeout_s=120)
     assert job["CompilationJobStatus"] == "FAILED" and "MaxRuntimeInSeconds" in job["FailureReason"]
     _until(lambda: not _job_processes(server), 30, "the sleeper's processes to go")
+
+
+def test_a_flood_of_output_is_cut_off_in_the_log(kiln):
+    job = _run(kiln, "flood", "import sys\nfor _ in range(200_000): print('x' * 100)\nraise SystemExit(3)",
+               runtime_s=120)
+    log = _log(kiln, "flood")
+    assert job["CompilationJobStatus"] == "FAILED" and "status 3" in job["FailureReason"]
+    assert "output passed 4 MB; the rest is not logged" in log and 4 << 20 < len(log) < 6 << 20

@@ -42,6 +42,7 @@ RESULT = "result.json"
 MAX_RESULT_BYTES = 1 << 20  # the child's result is hostile input too
 MAX_REASON = 4096
 TAIL_LINES = 40  # the child's last lines, searched for an out-of-memory message when it dies
+MAX_LOG_BYTES, MAX_LINE = 4 << 20, 8192  # of the child's output kept in the job log
 
 
 @dataclass(frozen=True)
@@ -226,10 +227,18 @@ class _Supervisor:
         return job.status if job else None
 
     def _pump(self, child: sandbox.Child) -> None:
+        """Copy the child's output to the log, up to MAX_LOG_BYTES (a hostile model could flood the job store);
+        past that the output is still drained, so the child never blocks on a full pipe."""
         assert child.stdout is not None
+        logged = 0
         for line in child.stdout:
-            self.lines.put(line.rstrip("\n"))
             self.tail.append(line)
+            line = line.rstrip("\n")[:MAX_LINE]
+            logged += len(line) + 1
+            if logged <= MAX_LOG_BYTES:
+                self.lines.put(line)
+            elif logged - len(line) - 1 <= MAX_LOG_BYTES:
+                self.lines.put(f"kiln: the compiler's output passed {MAX_LOG_BYTES >> 20} MB; the rest is not logged")
 
     def _flush(self) -> None:
         batch = []
