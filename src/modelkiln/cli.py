@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--target-device", help="a TargetDevice, e.g. ml_c5, rasp4b (see `kiln targets`)")
     target.add_argument("--target-platform", help='\'{"Os":"LINUX","Arch":"ARM64"}\' or Os=LINUX,Arch=ARM64')
     c.add_argument("--compiler-options", help='CompilerOptions JSON, e.g. \'{"mcpu":"cortex-a72"}\'')
+    c.add_argument("--calibration", type=Path, help="calibration.npz for kiln-precision int8/auto (one array per input, "
+                                                   "first axis = samples); default: the archive's calibration.npz")
     c.add_argument("--output", required=True, type=Path, help="folder for model.tar.gz and report.json")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -105,6 +107,7 @@ def _compile(args: argparse.Namespace) -> int:
         data_input_config=args.input_config, target_device=args.target_device,
         target_platform=_platform(args.target_platform) if args.target_platform else None,
         compiler_options=args.compiler_options, framework_version=args.framework_version,
+        calibration=args.calibration,
     )
 
     def progress(stage: str, message: str) -> None:

@@ -77,12 +77,12 @@ def test_bad_dtype_names_the_field(value):
     assert error.field == "OutputConfig.CompilerOptions.DTYPE"
 
 
-@pytest.mark.parametrize("precision", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("precision", ["float16", "bfloat16", "float32", "int8", "auto"])
 def test_kiln_precision(precision):
     assert parse_compiler_options('{"kiln-precision": "%s"}' % precision).precision == precision
 
 
-@pytest.mark.parametrize("value", ['"int8"', '"FLOAT16"', "16"])
+@pytest.mark.parametrize("value", ['"int4"', '"FLOAT16"', "16"])
 def test_bad_kiln_precision_names_the_field(value):
     assert _error('{"kiln-precision": %s}' % value).field == "OutputConfig.CompilerOptions.kiln-precision"
 
@@ -175,3 +175,26 @@ def test_kiln_forward_args_are_recorded_for_the_pytorch_frontend(text, value):
 ])
 def test_bad_kiln_forward_args_name_the_field(value, field):
     assert _error('{"kiln-forward-args": %s}' % value).field == f"OutputConfig.CompilerOptions.{field}"
+
+
+@pytest.mark.parametrize("value, metric, bound", [('{"top1_agreement": 0.99}', "top1_agreement", 0.99),
+                                                  ('{"cosine": 1}', "cosine", 1.0),
+                                                  ('{"max_rel_err": 0.05}', "max_rel_err", 0.05)])
+def test_kiln_accuracy(value, metric, bound):
+    budget = parse_compiler_options('{"kiln-accuracy": %s}' % value).accuracy
+    assert (budget.metric, budget.bound) == (metric, bound)
+    assert budget.met_by(bound) and not budget.met_by(bound * 2 if metric == "max_rel_err" else bound / 2)
+
+
+@pytest.mark.parametrize("value, field", [
+    ("0.99", "kiln-accuracy"), ('{"top5": 0.9}', "kiln-accuracy"), ('{"cosine": 0.9, "top1_agreement": 0.9}', "kiln-accuracy"),
+    ('{"cosine": 1.5}', "kiln-accuracy.cosine"), ('{"top1_agreement": "high"}', "kiln-accuracy.top1_agreement"),
+    ('{"max_rel_err": 0}', "kiln-accuracy.max_rel_err"), ('{"cosine": true}', "kiln-accuracy.cosine")])
+def test_bad_kiln_accuracy_names_the_field(value, field):
+    assert _error('{"kiln-accuracy": %s}' % value).field == f"OutputConfig.CompilerOptions.{field}"
+
+
+def test_kiln_calibration_is_an_s3_uri_of_a_file():
+    assert parse_compiler_options('{"kiln-calibration": "s3://b/data/cal.npz"}').calibration == "s3://b/data/cal.npz"
+    for value in ('"cal.npz"', '"s3://bucket"', '"s3://bucket/dir/"', "3"):
+        assert _error('{"kiln-calibration": %s}' % value).field == "OutputConfig.CompilerOptions.kiln-calibration"

@@ -145,53 +145,63 @@ def _gather_bound(name: str, consumers: dict[str, list[onnx.NodeProto]], dims: d
 
 
 def load_user_samples(model_dir: Path, specs: list[TensorSpec]) -> list[Feeds]:
-    """The samples in the archive's kiln-inputs.npz: one array per input name, shaped as declared (one
-    sample) or with a leading sample axis; at most MAX_USER_SAMPLES are used. [] when there is no file."""
+    """The samples in the archive's kiln-inputs.npz (see read_samples); at most MAX_USER_SAMPLES are used. []
+    when there is no file."""
     found = sorted(model_dir.rglob(INPUTS_FILE))
-    if not found:
-        return []
-    path = found[0]
+    return read_samples(found[0], specs, INPUTS_FILE, MAX_USER_SAMPLES) if found else []
+
+
+def read_samples(path: Path, specs: list[TensorSpec], label: str, limit: int) -> list[Feeds]:
+    """Samples from an .npz of one array per input name, each shaped as declared (one sample), [N, *declared],
+    or, for a batch-1 input, [N, *declared[1:]] (the sample axis in the batch's place); the first `limit`."""
     try:
         with np.load(path, allow_pickle=False) as npz:  # a pickle inside would be code
             arrays = {name: npz[name] for name in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise _bad(f"{INPUTS_FILE} cannot be read as a NumPy .npz of plain arrays ({exc})") from None
+        raise _bad(label, f"{label} cannot be read as a NumPy .npz of plain arrays ({exc})") from None
     wanted = [s.name for s in specs]
     if sorted(arrays) != sorted(wanted):
-        raise _bad(f"{INPUTS_FILE} holds arrays {sorted(arrays)}; the model's inputs are {wanted}")
-    counts = {s.name: _sample_count(arrays[s.name], s) for s in specs}
+        raise _bad(label, f"{label} holds arrays {sorted(arrays)}; the model's inputs are {wanted}")
+    counts = {s.name: _sample_count(arrays[s.name], s, label) for s in specs}
     if len(set(counts.values())) != 1:
-        raise _bad(f"{INPUTS_FILE}'s arrays hold different numbers of samples: {counts}")
-    count = min(next(iter(counts.values())), MAX_USER_SAMPLES)
+        raise _bad(label, f"{label}'s arrays hold different numbers of samples: {counts}")
+    count = min(next(iter(counts.values())), limit)
     samples = []
     for i in range(count):
         sample = {}
         for spec in specs:
             array = arrays[spec.name]
-            one = array if array.ndim == len(spec.shape) else array[i]
-            sample[spec.name] = _cast(one, spec)
+            one = (array if array.ndim == len(spec.shape) and count == 1 and _fits(array.shape, spec)
+                   else array[i] if array.ndim == len(spec.shape) + 1 else array[i:i + 1])
+            sample[spec.name] = _cast(one, spec, label)
         samples.append(sample)
     return samples
 
 
-def _sample_count(array: np.ndarray, spec: TensorSpec) -> int:
-    """1 for an array of the declared shape, N for [N, *declared]; else the input's error."""
-    def fits(shape: tuple[int, ...]) -> bool:
-        return len(shape) == len(spec.shape) and all(d == -1 or d == s for d, s in zip(spec.shape, shape))
-    if fits(array.shape):
+def _fits(shape: tuple[int, ...], spec: TensorSpec) -> bool:
+    return len(shape) == len(spec.shape) and all(d == -1 or d == s for d, s in zip(spec.shape, shape))
+
+
+def _sample_count(array: np.ndarray, spec: TensorSpec, label: str) -> int:
+    """1 for an array of the declared shape, N for [N, *declared] or [N, *declared[1:]] (batch 1); else the
+    input's error."""
+    if _fits(array.shape, spec):
         return 1
-    if array.ndim == len(spec.shape) + 1 and array.shape[0] > 0 and fits(array.shape[1:]):
+    if array.ndim == len(spec.shape) + 1 and array.shape[0] > 0 and _fits(array.shape[1:], spec):
         return array.shape[0]
-    raise _bad(f"{INPUTS_FILE}[{spec.name!r}] has shape {list(array.shape)}; the input is {list(spec.shape)} "
+    if spec.shape and spec.shape[0] == 1 and array.ndim == len(spec.shape) and array.shape[0] > 0 and \
+            _fits((1, *array.shape[1:]), spec):
+        return array.shape[0]
+    raise _bad(label, f"{label}[{spec.name!r}] has shape {list(array.shape)}; the input is {list(spec.shape)} "
                f"(or [N, {', '.join(map(str, spec.shape))}] for N samples)")
 
 
-def _cast(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+def _cast(array: np.ndarray, spec: TensorSpec, label: str) -> np.ndarray:
     """The array in the input's dtype; refused where values would change kind (float data to an int input)."""
     dtype = np.dtype(spec.dtype)
     if not np.can_cast(array.dtype, dtype, casting="same_kind") and not (
             array.dtype.kind in "biu" and dtype.kind in "biuf"):
-        raise _bad(f"{INPUTS_FILE}[{spec.name!r}] is {array.dtype.name}; the input takes {dtype.name}")
+        raise _bad(label, f"{label}[{spec.name!r}] is {array.dtype.name}; the input takes {dtype.name}")
     return np.ascontiguousarray(array.astype(dtype))
 
 
@@ -199,10 +209,10 @@ def _reference(reference: Callable[[Feeds], list[np.ndarray]], sample: Feeds, in
     try:
         return reference(sample)
     except Exception as exc:
-        raise _bad(f"the source model fails on sample {index} of {INPUTS_FILE}: "
+        raise _bad(INPUTS_FILE, f"the source model fails on sample {index} of {INPUTS_FILE}: "
                    f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}") from None
 
 
-def _bad(message: str) -> CompilationError:
-    return CompilationError("convert", message, f"fix {INPUTS_FILE} in the model archive (one array per input name, "
-                            "shaped as DataInputConfig says, optionally with a leading sample axis), or leave it out.")
+def _bad(label: str, message: str) -> CompilationError:
+    return CompilationError("convert", message, f"fix {label} (one array per input name, shaped as DataInputConfig "
+                            "says, optionally with a leading sample axis), or leave it out.")

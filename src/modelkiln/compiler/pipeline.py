@@ -14,17 +14,19 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from modelkiln import __version__
-from modelkiln.compiler import check_inputs, coreml
+from modelkiln.compiler import calibration, check_inputs, coreml
+from modelkiln.compiler.accuracy import CLASSIFIER_BUDGET, OTHER_BUDGET
 from modelkiln.compiler.archive import extract_model
 from modelkiln.compiler.backends import BACKENDS, Backend
 from modelkiln.compiler.package import build_meta, write_artifact
 from modelkiln.compiler.report import Candidate, Report
 from modelkiln.compiler.routes import (
-    CheckContext, Progress, brief, check_samples, model_form, ordered, verify_foreign, verify_gpu,
+    CheckContext, Progress, brief, check_accuracy, check_samples, model_form, native_precisions, ordered,
+    verify_foreign, verify_gpu,
 )
 from modelkiln.compiler.verify import HOPELESS, SPEC_ONLY, TOLERANCE, Check, host_can_run, median_latencies_ms
 from modelkiln.errors import CompilationError, KilnError, ValidationError
@@ -32,7 +34,7 @@ from modelkiln.frontends import ConvertedModel, check_framework, check_framework
 from modelkiln.runtime.executors import open_executor
 from modelkiln.runtime.model import host_arch
 from modelkiln.targets import CompilerOptions, Target, parse_compiler_options, resolve
-from modelkiln.targets.options import FIELD as OPTIONS_FIELD, FORWARD_ARGS
+from modelkiln.targets.options import AUTO, FIELD as OPTIONS_FIELD, FORWARD_ARGS
 
 @dataclass
 class CompileJob:
@@ -46,6 +48,7 @@ class CompileJob:
     target_platform: dict[str, str] | None = None
     compiler_options: str | None = None
     framework_version: str | None = None  # InputConfig.FrameworkVersion, checked against what Kiln can read
+    calibration: Path | None = None  # the .npz CompilerOptions kiln-calibration names, fetched by the caller
 
 
 def validate(job: CompileJob) -> tuple[Target, CompilerOptions]:
@@ -56,6 +59,9 @@ def validate(job: CompileJob) -> tuple[Target, CompilerOptions]:
     if FORWARD_ARGS in options.recorded and job.framework.upper() != "PYTORCH":
         raise ValidationError(f"{OPTIONS_FIELD}.{FORWARD_ARGS}",
                               f"binds a TorchScript forward()'s non-tensor parameters; {job.framework} models have none")
+    if options.calibration and job.calibration is None:
+        raise ValidationError(f"{OPTIONS_FIELD}.kiln-calibration", "names an S3 object, which the Kiln service fetches; "
+                              "`kiln compile` reads a local file: give it with --calibration FILE")
     target = resolve(options, device=job.target_device, platform_=job.target_platform)
     return target, options
 
@@ -78,13 +84,16 @@ def compile_job(job: CompileJob, progress: Progress = lambda stage, msg: None) -
         ctx = CheckContext(target, options, model, inputs, native, progress)
         order = target.backends_for(trees=model.tree_model is not None)
         _check_gpu_takes(target, model)
-        candidates = [Candidate(name, BACKENDS[name].version()) for name in order]
+        candidates = _candidates(order, target, options, native)
+        if any(c.precision != "float32" for c in candidates):
+            with _stage("calibrate", stages, progress, "samples for int8 ranges and accuracy figures"):
+                ctx.precision_data = calibration.prepare(model, model_dir, job.calibration, options.calibration or "")
         with _stage("compile", stages, progress, f"{len(candidates)} candidate(s) for {target.name}"):
             for cand in candidates:
                 if not native and any(c.check and c.check.ran for c in candidates):
                     cand.status, cand.reason = "not tried", "an earlier backend in the catalog's order verified"
                     continue
-                _try_candidate(ctx, cand, work / cand.backend)
+                _try_candidate(ctx, cand, work / cand.key)
         with _stage("select", stages, progress, "timing the verified candidates" if native else "choosing"):
             _time_candidates(ctx, candidates)
             winner, how = _select(candidates, ctx)
@@ -93,13 +102,14 @@ def compile_job(job: CompileJob, progress: Progress = lambda stage, msg: None) -
             target={"name": target.name, "arch": target.arch, "triple": target.triple, "mcpu": target.mcpu,
                     "mattr": list(target.mattr), "device_type": target.device_type, "about": target.about},
             inputs=[i.as_meta() for i in model.inputs], outputs=[o.as_meta() for o in model.outputs],
-            candidates=candidates, selected=winner.backend, selection=how, converters=model.converters,
-            notes=[n for n in (target.note, *model.notes, _version_note(job, model.framework_version)) if n], stages_s=stages,
-            kiln_version=__version__, check_inputs=inputs.described,
+            candidates=candidates, selected=winner.key, selection=how, converters=model.converters,
+            notes=[n for n in (target.note, *model.notes, _version_note(job, model.framework_version),
+                               _precision_note(target, winner)) if n], stages_s=stages,
+            kiln_version=__version__, check_inputs=inputs.described, precision=_precision_record(ctx),
         )
         with _stage("package", stages, progress, f"writing {job.output_dir / 'model.tar.gz'}"):
-            meta = json.loads((work / winner.backend / "compiled.meta").read_text())
-            artifact, digest = write_artifact(work / winner.backend, meta["Backend"]["Files"], meta,
+            meta = json.loads((work / winner.key / "compiled.meta").read_text())
+            artifact, digest = write_artifact(work / winner.key, meta["Backend"]["Files"], meta,
                                               report.to_json(), job.output_dir)
         report.artifact, report.artifact_sha256 = str(artifact), digest
         (job.output_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2))
@@ -124,7 +134,7 @@ def _compile_coreml(job: CompileJob, target: Target, options: CompilerOptions, s
         size = sum(f.stat().st_size for f in (work / "out").rglob("*") if f.is_file())
         cand = Candidate("coremltools", version, status="selected", compile_s=result.seconds, size_bytes=size,
                          check=Check(SPEC_ONLY, "spec check on this host (Core ML needs macOS)",
-                                     TOLERANCE[options.precision], detail=checked), command=result.command, notes=result.notes)
+                                     TOLERANCE.get(options.precision, TOLERANCE["float32"]), detail=checked), command=result.command, notes=result.notes)
         report = Report(
             framework=job.framework, framework_version=result.framework_version,
             target={"name": target.name, "arch": target.arch, "triple": "", "mcpu": target.mcpu, "mattr": [],
@@ -161,18 +171,33 @@ def _check_gpu_takes(target: Target, model: ConvertedModel) -> None:
                                "compile for the device's CPU: a TargetPlatform without Accelerator.")
 
 
+def _candidates(order: list[str], target: Target, options: CompilerOptions, native: bool) -> list[Candidate]:
+    """Backend x precision. kiln-precision auto: float32 for every backend, and each reduced precision a backend
+    takes for the target and its CPU computes natively (where this host can time and measure it); otherwise the
+    one precision asked for."""
+    if options.precision != AUTO:
+        return [Candidate(name, BACKENDS[name].version(), precision=options.precision) for name in order]
+    reduced = [p for p in native_precisions(target) if p != "float32"] if native else []
+    return [Candidate(name, BACKENDS[name].version(), precision=p) for name in order for p in ("float32", *reduced)
+            if p == "float32" or BACKENDS[name].unsupported_reason(target, replace(options, precision=p)) is None]
+
+
 def _try_candidate(ctx: CheckContext, cand: Candidate, workdir: Path) -> None:
-    """Compile, verify and (natively) time one backend; record everything on cand, never raise."""
+    """Compile, verify and (natively) time one backend in one precision; record everything on cand, never raise."""
     backend = BACKENDS[cand.backend]
-    reason = backend.unsupported_reason(ctx.target, ctx.options) or _form_reason(backend, ctx.model)
+    options = replace(ctx.options, precision=cand.precision)
+    ctx = replace(ctx, options=options)  # the checks see this candidate's precision; executors stay shared
+    reason = (backend.unsupported_reason(ctx.target, options) or _form_reason(backend, ctx.model)
+              or _reduced_reason(ctx, cand))
     if reason:
         cand.status, cand.reason = "skipped", reason
         return
     workdir.mkdir(parents=True)
-    ctx.progress("compile", f"{cand.backend} {cand.version}")
+    ctx.progress("compile", f"{cand.key} {cand.version}")
     start = time.perf_counter()
+    samples = ctx.precision_data.calibration if ctx.precision_data and cand.precision == "int8" else ()
     try:
-        output = backend.compile(model_form(backend, ctx.model), ctx.target, ctx.options, workdir)
+        output = backend.compile(model_form(backend, ctx.model), ctx.target, options, workdir, samples)
     except CompilationError as exc:
         cand.status, cand.reason = "failed", exc.message
         return
@@ -182,21 +207,22 @@ def _try_candidate(ctx: CheckContext, cand: Candidate, workdir: Path) -> None:
     cand.compile_s = round(time.perf_counter() - start, 2)
     cand.size_bytes = sum((workdir / f).stat().st_size for f in output.files)
     cand.command, cand.notes = output.command, output.notes
-    meta = build_meta(ctx.target, ctx.model, backend, output, ctx.options)
+    meta = build_meta(ctx.target, ctx.model, backend, output, options)
     (workdir / "compiled.meta").write_text(json.dumps(meta))
-    ctx.progress("verify", f"{cand.backend}: running against {ctx.model.framework}")
+    ctx.progress("verify", f"{cand.key}: running against {ctx.model.framework}")
     try:
         if ctx.native:
             executor = open_executor(workdir, meta)
-            cand.check = check_samples(ctx, executor.run, f"host ({host_arch()})")
+            cand.check = (check_samples(ctx, executor.run, f"host ({host_arch()})") if ctx.precision_data is None
+                          or cand.precision == "float32" else check_accuracy(ctx, executor.run, f"host ({host_arch()})"))
             if cand.check.passed:
-                ctx.executors[cand.backend] = executor
+                ctx.executors[cand.key] = executor
         elif ctx.target.gpu:
             cand.check = verify_gpu(ctx, backend, output, meta, workdir)
         else:
             cand.check = verify_foreign(ctx, backend, output, meta, workdir)
     except Exception as exc:  # a crash in one candidate's runtime must not end the job
-        cand.check = Check("error", "host", TOLERANCE[ctx.options.precision], detail=brief(exc))
+        cand.check = Check("error", "host", TOLERANCE.get(cand.precision, 0.0), detail=brief(exc))
     cand.status = "passed" if cand.check.passed else "rejected"
     if not cand.check.passed:
         cand.reason = cand.check.detail or (
@@ -211,9 +237,9 @@ def _time_candidates(ctx: CheckContext, candidates: list[Candidate]) -> None:
     timing = median_latencies_ms(ctx.executors, ordered(ctx, ctx.inputs.samples[0]))
     fastest = min(timing.latencies_ms.values())
     for cand in candidates:
-        if cand.backend in timing.latencies_ms:
-            cand.latency_ms, cand.threads = round(timing.latencies_ms[cand.backend], 3), os.cpu_count()
-        if cand.backend in timing.timed_once:
+        if cand.key in timing.latencies_ms:
+            cand.latency_ms, cand.threads = round(timing.latencies_ms[cand.key], 3), os.cpu_count()
+        if cand.key in timing.timed_once:
             cand.notes.append(f"timed on one run only: {cand.latency_ms / fastest:.1f}x the fastest candidate's "
                               f"time, beyond {HOPELESS:g}x it cannot win, so it was not timed further")
     ctx.executors.clear()
@@ -241,9 +267,13 @@ def _select(candidates: list[Candidate], ctx: CheckContext) -> tuple[Candidate, 
             (f"no {gpu.api} compiler here takes this model (the operators named above); compile it for the "
              "device's CPU instead (a TargetPlatform without Accelerator), or replace those operators."
              if gpu else "") or
+            (f"give {calibration.CALIBRATION_FILE} with real inputs in the archive (or kiln-calibration), relax "
+             "kiln-accuracy, or ask for kiln-precision auto, which keeps the float32 candidates."
+             if all(c.check and c.check.accuracy for c in candidates if c.status == "rejected")
+             and any(c.status == "rejected" for c in candidates) else "") or
             "fix the error named for each backend, or pin a backend with CompilerOptions {\"kiln-backend\": ...}.",
         )
-    if len(ctx.target.backends) == 1 and ctx.options.backend:
+    if len(ctx.target.backends) == 1 and ctx.options.backend and len(ok) == 1:
         winner, how = ok[0], "pinned by CompilerOptions kiln-backend"
     elif ctx.native:
         winner = min(ok, key=lambda c: c.latency_ms or float("inf"))
@@ -253,6 +283,35 @@ def _select(candidates: list[Candidate], ctx: CheckContext) -> tuple[Candidate, 
         winner, how = ok[0], f"first verified candidate in the catalog's order for {where}"
     winner.status = "selected"
     return winner, how
+
+
+def _reduced_reason(ctx: CheckContext, cand: Candidate) -> str | None:
+    """Why a reduced-precision candidate cannot be judged here: int8 accuracy is measured where it runs."""
+    if cand.precision == "int8" and not ctx.native:
+        return (f"int8 candidates are calibrated and measured on this host, which cannot run {ctx.target.name}'s "
+                "code natively")
+    return None
+
+
+def _precision_record(ctx: CheckContext) -> dict:
+    """What report.json says of precision: what was asked, and where calibration and accuracy data came from."""
+    data = ctx.precision_data
+    record = {"asked": ctx.options.precision,
+              "budget": ctx.options.accuracy.describe() if ctx.options.accuracy else
+              f"default: {CLASSIFIER_BUDGET.describe()} for classifier-like outputs, {OTHER_BUDGET.describe()} "
+              "for the others"}
+    if data is not None:
+        record |= {"data": data.data, "calibration_samples": len(data.calibration),
+                   "evaluation_samples": len(data.evaluation), "synthetic": data.synthetic}
+    return record
+
+
+def _precision_note(target: Target, winner: Candidate) -> str:
+    """Timed here; say so where the target's CPU lacks the instructions that made int8 fast on this host."""
+    if winner.precision == "int8" and target.arch == "x86_64" and not {"avx512_vnni", "avx_vnni"} & set(target.features):
+        return (f"int8 was timed on this host, which has VNNI instructions; {target.name}'s CPU ({target.mcpu}) has "
+                "none, so int8 gains less there.")
+    return ""
 
 
 def _version_note(job: CompileJob, found: str | None) -> str:

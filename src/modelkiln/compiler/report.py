@@ -13,6 +13,7 @@ class Candidate:
 
     backend: str
     version: str = ""
+    precision: str = "float32"
     status: str = "pending"  # selected | passed (its check: verified or a proxy) | rejected | failed | skipped | not tried
     reason: str = ""
     compile_s: float | None = None
@@ -22,6 +23,11 @@ class Candidate:
     check: Check | None = None
     command: str = ""
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """The candidate's name: its backend, with the precision when that is not float32 (onnxruntime-int8)."""
+        return self.backend if self.precision == "float32" else f"{self.backend}-{self.precision}"
 
 
 @dataclass
@@ -41,12 +47,17 @@ class Report:
     artifact_sha256: str | None = None
     kiln_version: str = ""
     check_inputs: str = ""  # what the candidates and the source model were run on
+    # Reduced precision: what was asked, and the data int8 ranges and accuracy figures come from.
+    precision: dict = field(default_factory=lambda: {"asked": "float32"})
 
     def to_json(self) -> dict:
-        return {**dataclasses.asdict(self), "verified": self.verified}
+        data = dataclasses.asdict(self)
+        for cand, record in zip(self.candidates, data["candidates"]):
+            record["name"] = cand.key
+        return {**data, "verified": self.verified}
 
     def winner(self) -> Candidate | None:
-        return next((c for c in self.candidates if c.backend == self.selected), None)
+        return next((c for c in self.candidates if c.key == self.selected), None)
 
     @property
     def verified(self) -> bool:
@@ -65,19 +76,22 @@ def render_text(report: Report) -> str:
         + (f" {report.framework_version}" if report.framework_version else "")
         + "; inputs " + ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in report.inputs),
         "Candidates:",
-        f"  {'backend':<12} {'status':<10} {'compile':>8} {'size':>10} {'latency':>10} {'max rel err':>12}  check",
+        f"  {'candidate':<20} {'status':<10} {'compile':>8} {'size':>10} {'latency':>10} {'max rel err':>12}  check",
     ]
     for c in report.candidates:
         chk = c.check
         lines.append(
-            f"  {c.backend:<12} {c.status:<10} "
+            f"  {c.key:<20} {c.status:<10} "
             f"{_fmt(c.compile_s, '{:.1f}s'):>8} {_fmt(c.size_bytes and c.size_bytes / 1024, '{:.0f}KiB'):>10} "
             f"{_fmt(c.latency_ms, '{:.2f}ms'):>10} {_fmt(chk and chk.max_rel_err, '{:.1e}'):>12}  "
-            + (f"{chk.status} ({chk.ran_on})" if chk else "") + (f"  {c.reason}" if c.reason else "")
+            + (f"{chk.status} ({chk.ran_on})" if chk else "") + (f"  {_accuracy(chk)}" if chk and chk.accuracy and c.status != "rejected" else "")
+            + (f"  {c.reason}" if c.reason else "")
         )
+    if report.precision.get("data"):
+        lines.append(f"Precision {report.precision['asked']}: accuracy measured on {report.precision['data']}")
     winner = report.winner()
     if winner:
-        lines.append(f"Selected  {winner.backend}: {report.selection}")
+        lines.append(f"Selected  {winner.key}: {report.selection}")
     if winner and winner.check:
         chk = winner.check
         lines.append(f"Verified  yes: the artifact ran on {chk.ran_on} and matched" if chk.ran else
@@ -87,6 +101,13 @@ def render_text(report: Report) -> str:
     if report.artifact:
         lines.append(f"Artifact  {report.artifact} (sha256 {report.artifact_sha256})")
     return "\n".join(lines)
+
+
+def _accuracy(check: Check) -> str:
+    acc = check.accuracy
+    assert acc is not None
+    top1 = f"top-1 {acc.top1_agreement:.3f} " if acc.top1_agreement is not None else ""
+    return f"[{top1}cosine {acc.cosine:.4f}: budget {'met' if acc.met else 'NOT met'}]"
 
 
 def _fmt(value, pattern: str) -> str:

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from modelkiln.compiler import emulation
+from modelkiln.compiler.accuracy import measure
 from modelkiln.compiler.backends import Backend, BackendOutput, GpuBackend
+from modelkiln.compiler.calibration import PrecisionData
 from modelkiln.compiler.check_inputs import INPUTS_FILE, CheckInputs
 from modelkiln.compiler.package import build_meta
 from modelkiln.compiler.verify import (
@@ -25,6 +27,7 @@ from modelkiln.frontends import ConvertedModel
 from modelkiln.runtime.executors import Executor, open_executor
 from modelkiln.runtime.model import host_arch
 from modelkiln.targets import CompilerOptions, Target, resolve
+from modelkiln.targets.options import PRECISIONS
 
 Progress = Callable[[str, str], None]  # (stage, message)
 
@@ -40,6 +43,7 @@ class CheckContext:
     native: bool
     progress: Progress
     executors: dict[str, Executor] = dataclasses.field(default_factory=dict)  # verified, on this host
+    precision_data: PrecisionData | None = None  # calibration and evaluation samples, for reduced precision
 
 
 def verify_foreign(ctx: CheckContext, backend: Backend, output: BackendOutput, meta: dict, workdir: Path) -> Check:
@@ -173,6 +177,21 @@ def check_samples(ctx: CheckContext, run: Callable[[list[np.ndarray]], list[np.n
             worst = check
     assert worst is not None
     return worst
+
+
+def check_accuracy(ctx: CheckContext, run: Callable[[list[np.ndarray]], list[np.ndarray]], ran_on: str) -> Check:
+    """A reduced-precision candidate run on every evaluation sample and judged by the accuracy budget."""
+    data = ctx.precision_data
+    assert data is not None
+    outputs = [run(ordered(ctx, feeds)) for feeds in data.evaluation]
+    accuracy = measure(outputs, data.expected, ctx.options.accuracy, data.data)
+    return Check("verified" if accuracy.met else "mismatch", ran_on, 0.0, max_rel_err=accuracy.max_rel_err,
+                 detail="" if accuracy.met else f"over the accuracy budget: {accuracy.describe()}", accuracy=accuracy)
+
+
+def native_precisions(target: Target) -> list[str]:
+    """The precisions kiln-precision auto tries for target: float32, int8, and bf16/f16 where its CPU has them."""
+    return [p for p in PRECISIONS if target.computes_natively(p)]
 
 
 def brief(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modelkiln.compiler.accuracy import Accuracy
 from modelkiln.frontends import TensorSpec
 from modelkiln.frontends.base import Quantization
 from modelkiln.runtime.executors import Executor
@@ -42,6 +43,7 @@ class Check:
     max_abs_err: float | None = None
     max_rel_err: float | None = None
     detail: str = ""
+    accuracy: Accuracy | None = None  # reduced precision: judged on evaluation samples against a budget
 
     @property
     def passed(self) -> bool:

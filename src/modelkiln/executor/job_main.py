@@ -27,7 +27,8 @@ def run(spec: JobSpec) -> dict[str, Any]:
         CompileJob(model=Path(spec.model_path), framework=spec.framework, output_dir=Path(spec.output_dir),
                    data_input_config=spec.data_input_config, framework_version=spec.framework_version,
                    target_device=spec.target_device,
-                   target_platform=spec.target_platform, compiler_options=spec.compiler_options),
+                   target_platform=spec.target_platform, compiler_options=spec.compiler_options,
+                   calibration=Path(spec.calibration_path) if spec.calibration_path else None),
         progress=lambda stage, message: _say(f"{stage}: {message}"),
     )
     derived = {i["name"]: i["shape"] for i in report.inputs}

@@ -31,6 +31,7 @@ from modelkiln.jobs.errors import JobError, LeaseLost, StatusConflict
 from modelkiln.jobs.model import COMPLETED, FAILED, INPROGRESS, STOPPED, STOPPING, Job
 from modelkiln.jobs.store import JobStore
 from modelkiln.storage import download_file, open_store, parse_s3_uri, upload_file
+from modelkiln.targets import parse_compiler_options
 
 T = TypeVar("T")
 
@@ -110,10 +111,10 @@ class _Supervisor:
                     sandbox.kill(self.child, grace_s=0)  # never leave a compile behind, whatever ended the watch
 
     def _run(self) -> str:
-        model = self._renewing(self._fetch)
-        if isinstance(model, str):
-            return self._finish(FAILED, {INPROGRESS}, failure_reason=model)
-        spec = self._spec(model)
+        fetched = self._renewing(self._fetch)
+        if isinstance(fetched, str):
+            return self._finish(FAILED, {INPROGRESS}, failure_reason=fetched)
+        spec = self._spec(*fetched)
         spec.write(self.work / "spec.json")
         self.child = sandbox.start([sys.executable, "-m", "modelkiln.executor.job_main", "/job/spec.json"],
                                    self.limits, self.jail)
@@ -121,18 +122,30 @@ class _Supervisor:
         pump.start()
         return self._watch(self.child, pump)
 
-    def _fetch(self) -> Path | str:
-        """The job's model, downloaded into its directory for the child to read; or why it cannot be."""
+    def _fetch(self) -> tuple[Path, Path | None] | str:
+        """The job's model, and the calibration data kiln-calibration names, downloaded into its directory for the
+        child to read; or why they cannot be."""
         uri = self.job.input_config["S3Uri"]
+        model = self._download(uri, "InputConfig.S3Uri", None, "upload the model there, or correct S3Uri")
+        if isinstance(model, str):
+            return model
+        data_uri = parse_compiler_options(self.job.output_config.get("CompilerOptions")).calibration
+        if data_uri is None:
+            return model, None
+        data = self._download(data_uri, "CompilerOptions kiln-calibration", "calibration-data.npz",
+                              "upload the .npz there (one array per input name, first axis = samples), or correct "
+                              "kiln-calibration")
+        return data if isinstance(data, str) else (model, data)
+
+    def _download(self, uri: str, field: str, name: str | None, hint: str) -> Path | str:
         self.log(f"fetch: downloading {uri}")
         try:
             source = parse_s3_uri(uri)
-            local = self.work / (source.key.rsplit("/", 1)[-1] or "model.tar.gz")
+            local = self.work / (name or source.key.rsplit("/", 1)[-1] or "model.tar.gz")
             download_file(open_store(self.config.objects_url), self.job.account_id, source.bucket, source.key, local)
         except KilnError as exc:
-            return failure_reason(CompilationError(
-                "fetch", f"cannot read InputConfig.S3Uri {uri}: {exc}",
-                "upload the model there, or correct S3Uri, and create the job again"))
+            return failure_reason(CompilationError("fetch", f"cannot read {field} {uri}: {exc}",
+                                                   f"{hint}, and create the job again"))
         local.chmod(0o644)
         return local
 
@@ -157,10 +170,11 @@ class _Supervisor:
         return {"artifact_uri": str(destination), "artifact_digest": _sha256(artifact),
                 "derived_data_input_config": str(result.get("derived_data_input_config") or "")}
 
-    def _spec(self, model: Path) -> JobSpec:
+    def _spec(self, model: Path, calibration: Path | None) -> JobSpec:
         inp, out = self.job.input_config, self.job.output_config
         return JobSpec(
             framework=inp["Framework"], model_path=str(self.jail.inside(model)),
+            calibration_path=str(self.jail.inside(calibration)) if calibration else None,
             output_dir=str(sandbox.JOB_ROOT / "out"), result_path=str(sandbox.JOB_ROOT / RESULT),
             data_input_config=inp.get("DataInputConfig"), framework_version=inp.get("FrameworkVersion"),
             target_device=out.get("TargetDevice"),

@@ -20,6 +20,7 @@ class JobSpec:
     target_device: str | None = None
     target_platform: dict[str, str] | None = None
     compiler_options: str | None = None
+    calibration_path: str | None = None  # CompilerOptions kiln-calibration's file, fetched by the supervisor
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)))

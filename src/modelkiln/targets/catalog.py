@@ -38,6 +38,12 @@ class Gpu:
         return int(self.code.removeprefix("sm_"))
 
 
+# The CPU features (x86 /proc/cpuinfo flags, ARM mattr) that compute a reduced precision natively. int8 runs on
+# every CPU (VNNI and dot-product instructions only speed it up); without these, bf16/f16 is emulated or f32.
+NATIVE_PRECISION = {"bfloat16": frozenset({"avx512_bf16", "amx_bf16", "amx_tile", "bf16"}),
+                    "float16": frozenset({"avx512_fp16", "amx_fp16", "fullfp16"})}
+
+
 @dataclass(frozen=True)
 class Target:
     """A concrete target: what to generate code for, and which backends may do it, best first."""
@@ -54,6 +60,11 @@ class Target:
     os: str = "LINUX"
     about: str = ""
     note: str = ""
+
+    def computes_natively(self, precision: str) -> bool:
+        """Whether the target's CPU has instructions for precision (see NATIVE_PRECISION)."""
+        needs = NATIVE_PRECISION.get(precision)
+        return needs is None or bool(needs & set(self.features))
 
     def backends_for(self, trees: bool) -> tuple[str, ...]:
         """The backend order for a tree ensemble (trees=True) or any other model."""

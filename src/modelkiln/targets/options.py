@@ -8,7 +8,10 @@ from modelkiln.errors import ValidationError
 from modelkiln.literal import parse_literal
 
 FIELD = "OutputConfig.CompilerOptions"
-PRECISIONS = ("float32", "float16", "bfloat16")
+PRECISIONS = ("float32", "int8", "bfloat16", "float16")
+AUTO = "auto"  # kiln-precision auto: every precision a backend supports for the target is a candidate
+# kiln-accuracy: a budget on one metric, measured against the source on held-out evaluation samples.
+ACCURACY_METRICS = {"top1_agreement": "at least", "cosine": "at least", "max_rel_err": "at most"}
 # Neo's DTYPE: the data type of a PyTorch model's inputs, with the aliases AWS documents.
 INPUT_DTYPES = {"float": "float32", "float32": "float32", "float16": "float16", "int32": "int32",
                 "int64": "int64", "long": "int64"}
@@ -24,13 +27,29 @@ RECORDED = (
 
 
 @dataclass(frozen=True)
+class AccuracyBudget:
+    """How close a reduced-precision candidate must stay to the source: metric (ACCURACY_METRICS) and bound."""
+
+    metric: str
+    bound: float
+
+    def met_by(self, value: float) -> bool:
+        return value <= self.bound if self.metric == "max_rel_err" else value >= self.bound
+
+    def describe(self) -> str:
+        return f"{self.metric} {'<=' if self.metric == 'max_rel_err' else '>='} {self.bound:g}"
+
+
+@dataclass(frozen=True)
 class CompilerOptions:
     """What the user asked of the compile; defaults come from the target catalog."""
 
     mcpu: str | None = None
     mattr: tuple[str, ...] = ()
     input_dtype: str | None = None  # DTYPE: dtype of inputs DataInputConfig does not type itself
-    precision: str = "float32"  # Kiln's `kiln-precision`: compute precision a backend may use
+    precision: str = "float32"  # Kiln's `kiln-precision`: compute precision a backend may use, or "auto"
+    accuracy: AccuracyBudget | None = None  # Kiln's `kiln-accuracy` (None: the default per output kind)
+    calibration: str | None = None  # Kiln's `kiln-calibration`: s3:// URI of a calibration.npz
     backend: str | None = None  # Kiln's `kiln-backend`: pin one backend
     require_run: bool = False  # Kiln's `kiln-require-run`: fail unless the artifact itself ran and matched
     recorded: dict[str, Any] = field(default_factory=dict)
@@ -43,7 +62,8 @@ def parse_compiler_options(text: str | None) -> CompilerOptions:
     raw = parse_literal(text, FIELD)
     if not isinstance(raw, dict):
         raise ValidationError(FIELD, "must be a JSON object, e.g. {\"mcpu\": \"cortex-a72\"}")
-    known = ("mcpu", "mattr", "DTYPE", "dtype", "kiln-backend", "kiln-precision", "kiln-require-run") + RECORDED
+    known = ("mcpu", "mattr", "DTYPE", "dtype", "kiln-backend", "kiln-precision", "kiln-accuracy", "kiln-calibration",
+             "kiln-require-run") + RECORDED
     for key in raw:
         if key not in known:
             raise ValidationError(f"{FIELD}.{key}", f"unknown option; known: {', '.join(known)}")
@@ -51,11 +71,36 @@ def parse_compiler_options(text: str | None) -> CompilerOptions:
         mcpu=_mcpu(raw.get("mcpu")),
         mattr=_mattr(raw.get("mattr")),
         input_dtype=_input_dtype(raw),
-        precision=_choice("kiln-precision", raw.get("kiln-precision", "float32"), PRECISIONS),
+        precision=_choice("kiln-precision", raw.get("kiln-precision", "float32"), (*PRECISIONS, AUTO)),
+        accuracy=_accuracy(raw["kiln-accuracy"]) if "kiln-accuracy" in raw else None,
+        calibration=_s3_uri("kiln-calibration", raw["kiln-calibration"]) if "kiln-calibration" in raw else None,
         backend=_choice("kiln-backend", raw["kiln-backend"], BACKENDS) if "kiln-backend" in raw else None,
         require_run=_flag("kiln-require-run", raw.get("kiln-require-run", False)),
         recorded={k: _forward_args(raw[k]) if k == FORWARD_ARGS else raw[k] for k in RECORDED if k in raw},
     )
+
+
+def _accuracy(value: Any) -> AccuracyBudget:
+    """{"top1_agreement": 0.99} | {"cosine": 0.999} | {"max_rel_err": 0.01}: one metric and its bound."""
+    field_name = f"{FIELD}.kiln-accuracy"
+    example = 'e.g. {"top1_agreement": 0.99}, {"cosine": 0.999} or {"max_rel_err": 0.01}'
+    if not isinstance(value, dict) or len(value) != 1:
+        raise ValidationError(field_name, f"must be an object with one metric, {example}; got {value!r}")
+    [(metric, bound)] = value.items()
+    if metric not in ACCURACY_METRICS:
+        raise ValidationError(field_name, f"{metric!r} is not one of {', '.join(ACCURACY_METRICS)}")
+    if isinstance(bound, bool) or not isinstance(bound, int | float):
+        raise ValidationError(f"{field_name}.{metric}", f"must be a number, got {bound!r}")
+    if metric == "max_rel_err" and not 0 < bound < 1e6 or metric != "max_rel_err" and not 0 < bound <= 1:
+        allowed = "a positive number" if metric == "max_rel_err" else "in (0, 1]"
+        raise ValidationError(f"{field_name}.{metric}", f"must be {allowed}, got {bound!r}")
+    return AccuracyBudget(metric, float(bound))
+
+
+def _s3_uri(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("s3://") or "/" not in value[5:] or value.endswith("/"):
+        raise ValidationError(f"{FIELD}.{key}", f"must be the s3://bucket/key URI of a .npz file, got {value!r}")
+    return value
 
 
 def _forward_args(value: Any) -> dict[str, Any] | list[Any]:

@@ -1,13 +1,19 @@
 """The interface every compiler backend implements."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import onnx
 
 from modelkiln.targets import CompilerOptions, Target
+
+
+# Calibration samples for an int8 compile (input name -> array), from compiler/calibration.py.
+Samples = Sequence[dict[str, np.ndarray]]
 
 
 @dataclass
@@ -45,9 +51,11 @@ class Backend(Protocol):
         """Why this backend cannot honour target+options, or None when it can."""
         ...
 
-    def compile(self, model: onnx.ModelProto, target: Target, options: CompilerOptions, workdir: Path) -> BackendOutput:
-        """Compile the model (in the backend's form: ONNX, or a treelite.Model) for target into workdir;
-        raise CompilationError naming what failed."""
+    def compile(self, model: onnx.ModelProto, target: Target, options: CompilerOptions, workdir: Path,
+                calibration: Samples = ()) -> BackendOutput:
+        """Compile the model (in the backend's form: ONNX, or a treelite.Model) for target into workdir, in
+        options.precision (int8: quantized on the calibration samples); raise CompilationError naming what
+        failed."""
         ...
 
 

@@ -26,7 +26,7 @@ from modelkiln.errors import CompilationError
 from modelkiln.targets import Gpu
 from modelkiln.targets import CompilerOptions, Target
 
-from .base import BackendOutput
+from .base import BackendOutput, Samples
 
 FILE = "compiled.vmfb"
 CHANNELS_LAST = "builtin.module(util.func(iree-preprocessing-convert-conv-to-channels-last))"
@@ -48,6 +48,8 @@ class IreeBackend:
         return f"iree-base-runtime=={version('iree-base-runtime')}"
 
     def unsupported_reason(self, target: Target, options: CompilerOptions) -> str | None:
+        if options.precision == "int8":
+            return "IREE does not quantize models: int8 is onnxruntime's and OpenVINO's"
         if target.gpu and target.gpu.api == "opencl":
             return "IREE has no OpenCL target"
         if target.gpu and target.gpu.api == "cuda" and target.gpu.sm < CUDA_MIN_SM:
@@ -63,7 +65,8 @@ class IreeBackend:
     def run_kernels(self, model: onnx.ModelProto, target: Target, inputs: list) -> tuple[list, str] | str:
         return f"IREE's {target.gpu.api if target.gpu else 'GPU'} kernels need a device of that API"
 
-    def compile(self, model: onnx.ModelProto, target: Target, options: CompilerOptions, workdir: Path) -> BackendOutput:
+    def compile(self, model: onnx.ModelProto, target: Target, options: CompilerOptions, workdir: Path,
+                calibration: Samples = ()) -> BackendOutput:
         source, mlir, out = workdir / "source.onnx", workdir / "source.mlir", workdir / FILE
         canonical = canonicalize(model)
         model = with_entry_name(canonical.model)

@@ -21,7 +21,7 @@ import treelite
 from modelkiln.errors import CompilationError
 from modelkiln.targets import CompilerOptions, Target
 
-from .base import BackendOutput
+from .base import BackendOutput, Samples
 
 FILE = "compiled.so"
 TIMEOUT_S = 1800
@@ -110,7 +110,8 @@ class TreeliteBackend:
             return f"the C compiler {compiler} is not installed (make system-deps installs Debian's {package})"
         return None
 
-    def compile(self, model: treelite.Model, target: Target, options: CompilerOptions, workdir: Path) -> BackendOutput:
+    def compile(self, model: treelite.Model, target: Target, options: CompilerOptions, workdir: Path,
+                calibration: Samples = ()) -> BackendOutput:
         source = workdir / "source"
         threads = os.cpu_count() or 1
         try:

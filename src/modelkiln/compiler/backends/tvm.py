@@ -31,7 +31,7 @@ from modelkiln.compiler.gpu_code import PTX_HEADER, check_opencl, check_ptx, emb
 from modelkiln.errors import CompilationError
 from modelkiln.targets import CompilerOptions, Gpu, Target
 
-from .base import BackendOutput
+from .base import BackendOutput, Samples
 
 FILE = "compiled.so"
 TVM_PIN = "apache-tvm==0.27.0.post1"
@@ -77,7 +77,8 @@ class TvmBackend:
 
         return run_on_pocl(model, target, inputs)
 
-    def compile(self, model: onnx.ModelProto, target: Target, options: CompilerOptions, workdir: Path) -> BackendOutput:
+    def compile(self, model: onnx.ModelProto, target: Target, options: CompilerOptions, workdir: Path,
+                calibration: Samples = ()) -> BackendOutput:
         import tvm
         from tvm.support.cc import cross_compiler
 

@@ -1,0 +1,110 @@
+"""Precision search: int8 / bf16 candidates calibrated on data, judged on held-out samples by an accuracy budget,
+and the fastest within the budget shipped; real compiles of the small CNN."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelkiln.compiler import CompileJob, compile_job
+from modelkiln.compiler.accuracy import classifier_like, measure
+from modelkiln.compiler.report import render_text
+from modelkiln.compiler.routes import native_precisions
+from modelkiln.errors import CompilationError, ValidationError
+from modelkiln.runtime import Model
+from modelkiln.targets import parse_compiler_options, resolve
+from modelkiln.targets.options import AccuracyBudget
+
+from ..conftest import CNN_SHAPE
+
+SAMPLES = 40
+
+
+def test_top1_agreement_and_cosine_against_the_source():
+    references = [[np.array([[0.1, 0.9, 0.0]], np.float32)], [np.array([[0.8, 0.1, 0.1]], np.float32)]]
+    flipped = [[np.array([[0.1, 0.9, 0.0]], np.float32)], [np.array([[0.1, 0.8, 0.1]], np.float32)]]
+    assert classifier_like(references[0][0]) and not classifier_like(np.zeros((1, 3, 8, 8), np.float32))
+    same = measure(references, references, None, "test")
+    assert same.met and same.top1_agreement == 1.0 and same.cosine == pytest.approx(1.0)
+    half = measure(flipped, references, None, "test")  # the default budget of a classifier: top-1 >= 0.99
+    assert not half.met and half.top1_agreement == 0.5 and "top1_agreement >= 0.99" in half.describe()
+    assert measure(flipped, references, AccuracyBudget("cosine", 0.25), "test").met  # worst sample: 0.258
+    maps = [[np.ones((1, 4, 2, 2), np.float32)]]  # not a classifier: cosine, even when top-1 was asked for
+    scaled = measure([[2 * maps[0][0]]], maps, AccuracyBudget("top1_agreement", 0.99), "test")
+    assert scaled.met and scaled.top1_agreement is None and scaled.budgets == ["output 0: cosine >= 0.999"]
+
+
+def test_auto_tries_bf16_only_where_the_target_cpu_computes_it():
+    assert native_precisions(resolve(parse_compiler_options(None), "ml_c5", None)) == ["float32", "int8"]
+    znver4 = resolve(parse_compiler_options('{"mcpu": "znver4"}'), "ml_c5", None)
+    assert native_precisions(znver4) == ["float32", "int8", "bfloat16"]
+
+
+@pytest.fixture(scope="module")
+def calibrated(models, tmp_path_factory) -> Path:
+    """The small CNN's ONNX with a calibration.npz of SAMPLES inputs in the archive (sample axis = batch axis)."""
+    rng = np.random.default_rng(7)
+    data = rng.standard_normal((SAMPLES, *CNN_SHAPE[1:])).astype(np.float32)
+    archive = tmp_path_factory.mktemp("calibrated") / "model.tar.gz"
+    npz = io.BytesIO()
+    np.savez(npz, data=data)
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(models / "cnn.onnx", "cnn.onnx")
+        info = tarfile.TarInfo("calibration.npz")
+        info.size = len(npz.getvalue())
+        tar.addfile(info, io.BytesIO(npz.getvalue()))
+    return archive
+
+
+def _compile(model: Path, out: Path, options: str, **kwargs):
+    return compile_job(CompileJob(model=model, framework="ONNX", output_dir=out, target_device="ml_c5",
+                                  data_input_config='{"data": [1, 3, 32, 32]}', compiler_options=options, **kwargs))
+
+
+def test_auto_measures_every_precision_on_held_out_samples_and_ships_the_fastest_within_budget(calibrated, tmp_path):
+    report = _compile(calibrated, tmp_path, '{"kiln-precision": "auto", "kiln-accuracy": {"cosine": 0.98}}')
+    by_key = {c.key: c for c in report.candidates}
+    assert {"onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8", "iree"} <= set(by_key)
+    assert "iree-int8" not in by_key  # IREE does not quantize: not a candidate of auto
+    for key in ("onnxruntime-int8", "openvino-int8"):
+        cand = by_key[key]
+        assert cand.check.accuracy is not None and cand.check.accuracy.samples == SAMPLES // 4
+        assert cand.check.accuracy.met == (cand.check.accuracy.cosine >= 0.98) == (cand.status != "rejected")
+    assert "quantize_static" in by_key["onnxruntime-int8"].command and "nncf.quantize" in by_key["openvino-int8"].command
+    assert report.precision == {"asked": "auto", "budget": "cosine >= 0.98", "data": f"calibration.npz: {SAMPLES} samples",
+                                "calibration_samples": 30, "evaluation_samples": 10, "synthetic": False}
+    passed = [c for c in report.candidates if c.status in ("passed", "selected")]
+    winner = report.winner()
+    assert winner.key == report.selected and winner.latency_ms == min(c.latency_ms for c in passed)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["selected"] == winner.key and {c["name"] for c in saved["candidates"]} == set(by_key)
+    assert "Precision auto: accuracy measured on calibration.npz: 40 samples" in render_text(report)
+    # the shipped artifact runs as it is, whatever its precision, and stays within the budget
+    model = Model(tmp_path / "model.tar.gz")
+    x = np.random.default_rng(1).standard_normal(CNN_SHAPE).astype(np.float32)
+    assert model.meta["Precision"] == winner.precision
+    assert np.asarray(model.run({"data": x})[0]).shape == (1, 10)
+
+
+def test_int8_over_its_budget_fails_naming_the_figures_and_the_fix(calibrated, tmp_path):
+    with pytest.raises(CompilationError) as caught:
+        _compile(calibrated, tmp_path, '{"kiln-precision": "int8", "kiln-accuracy": {"max_rel_err": 1e-9}}')
+    assert "over the accuracy budget" in caught.value.message and "max_rel_err <= 1e-09: NOT met" in caught.value.message
+    assert "relax kiln-accuracy" in caught.value.hint and not (tmp_path / "model.tar.gz").exists()
+
+
+def test_without_data_the_figures_are_said_to_be_synthetic(models, tmp_path):
+    report = _compile(models / "cnn_onnx.tar.gz", tmp_path,
+                      '{"kiln-precision": "int8", "kiln-backend": "onnxruntime", "kiln-accuracy": {"cosine": 0.5}}')
+    assert report.selected == "onnxruntime-int8" and report.precision["synthetic"] is True
+    assert "synthetic data" in report.winner().check.accuracy.data
+
+
+def test_kiln_calibration_needs_the_file_with_kiln_compile(models, tmp_path):
+    with pytest.raises(ValidationError) as caught:
+        _compile(models / "cnn_onnx.tar.gz", tmp_path, '{"kiln-precision": "int8", "kiln-calibration": "s3://b/c.npz"}')
+    assert caught.value.field == "OutputConfig.CompilerOptions.kiln-calibration" and "--calibration" in caught.value.message
