@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CROSS  := $(VENV)/share/kiln/cross
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps cross-runtimes demo test bench corpus corpus-fast readme clean
+.PHONY: setup system-deps cross-runtimes demo test bench fuzz corpus corpus-fast readme clean
 
 # Each install step is followed by a check that its pieces work here (compile, link, run): a missing piece
 # is one line naming the package, before any test runs.
@@ -43,6 +43,11 @@ test: setup corpus-fast
 bench: setup
 	$(BIN)/python bench/compile_bench.py
 	$(BIN)/python bench/tree_bench.py
+
+# 10,000+ hypothesis-generated hostile requests at a real `kiln serve` (the long run of tests/api/test_fuzz.py);
+# fails on any 5xx or dropped connection, and writes the fuzz section of bench/RESULTS.md (2 to 3 minutes).
+fuzz: setup
+	$(BIN)/python bench/fuzz.py
 
 # The real-model corpus (corpus/models.toml): every archive compiled for ml_c5, rasp4b and ml_g4dn, each in its
 # own process; writes bench/CORPUS.md (about 40 minutes on 2 cores).

@@ -5,16 +5,23 @@ import base64
 import hashlib
 import http.client
 import os
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
+import xml.etree.ElementTree as ET
 import zlib
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from boto3.s3.transfer import TransferConfig
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials as BotoCredentials
 from botocore.exceptions import ClientError
 
 from modelkiln.auth import Credentials
@@ -298,3 +305,118 @@ def test_hostile_overrides_and_ranges_get_a_4xx_or_are_ignored(s3_server, s3, bu
     # a Range no offset fits is ignored, as S3 ignores a range it cannot parse: the whole object comes back
     got = s3.get_object(Bucket=bucket, Key="hostile.txt", Range="bytes=" + "9" * 5000 + "-")
     assert got["Body"].read() == b"0123456789"
+
+
+# ---- hostile input found by tests/api/test_fuzz.py: each was a 5xx or a dropped connection ------------------
+
+def signed_raw(s3_server, method: str, path: str, query: str = "", body: bytes = b"",
+               headers: tuple[tuple[str, str], ...] = ()) -> tuple[int, bytes]:
+    """A request signed as the first account, with path and query exactly as given (percent-encoded)."""
+    host = s3_server.endpoint.removeprefix("http://")
+    request = AWSRequest(method, f"{s3_server.endpoint}{path}" + (f"?{query}" if query else ""),
+                         headers=dict(headers), data=body)
+    first = s3_server.first
+    S3SigV4Auth(BotoCredentials(first.access_key_id, first.secret_access_key), "s3", "us-east-1").add_auth(request)
+    target = path + (f"?{query}" if query else "")
+    return send_raw(s3_server.endpoint, method, target, [("Host", host), *request.headers.items()], body)
+
+
+def xml_error(body: bytes) -> tuple[str, str]:
+    """(Code, Message) of an S3 error body, which must be well-formed XML."""
+    root = ET.fromstring(body)
+    return root.findtext("Code"), root.findtext("Message")
+
+
+@pytest.mark.parametrize("query, name", [
+    ("max-keys=%C2%B2", "max-keys"),  # '²': str.isdigit() said yes, int() said no (a 500)
+    ("max-keys=%D9%A3", "max-keys"),  # an Arabic-Indic 3: int() took it, S3 does not
+    ("max-keys=" + "9" * 5000, "max-keys"),  # past int()'s 4300-digit limit (a 500)
+])
+def test_integer_parameters_take_ascii_digits_only(s3_server, bucket, query, name):
+    status, body = signed_raw(s3_server, "GET", f"/{bucket}", query)
+    assert status == 400 and xml_error(body)[0] == "InvalidArgument" and name in xml_error(body)[1], body[:300]
+
+
+@pytest.mark.parametrize("number", ["\u00b2", "9" * 5000])
+def test_part_numbers_of_other_digits_are_malformed_xml(s3_server, s3, bucket, number):
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="odd-parts")["UploadId"]
+    listed = signed_raw(s3_server, "GET", f"/{bucket}/odd-parts", f"uploadId={upload}&max-parts={quote(number)}")
+    assert listed[0] == 400 and xml_error(listed[1])[0] == "InvalidArgument", listed
+    document = (f"<CompleteMultipartUpload><Part><PartNumber>{number}</PartNumber><ETag>x</ETag></Part>"
+                "</CompleteMultipartUpload>").encode()
+    status, body = signed_raw(s3_server, "POST", f"/{bucket}/odd-parts", f"uploadId={upload}", document)
+    assert status == 400 and xml_error(body)[0] == "MalformedXML" and "PartNumber" in xml_error(body)[1], body[:300]
+    s3.abort_multipart_upload(Bucket=bucket, Key="odd-parts", UploadId=upload)
+
+
+def test_an_error_about_a_path_with_control_characters_is_well_formed_xml(s3_server):
+    status, body = signed_raw(s3_server, "GET", "/%01bad%00bucket")  # XML 1.0 cannot hold \x01, even escaped
+    assert status == 400
+    root = ET.fromstring(body)  # raised ParseError: the client could not read why it was refused
+    assert root.findtext("Code") == "InvalidBucketName" and root.findtext("Resource") == "/\\x01bad\\x00bucket"
+
+
+def test_a_key_with_a_line_break_is_an_object_like_any_other(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="line\nbreak\r", Body=b"mine")  # was a plain-text 404 from the router
+    assert s3.get_object(Bucket=bucket, Key="line\nbreak\r")["Body"].read() == b"mine"
+
+
+def test_a_method_s3_does_not_serve_is_method_not_allowed(s3_server, bucket):
+    status, body = signed_raw(s3_server, "PATCH", f"/{bucket}/key")  # was Starlette's plain-text 405
+    assert status == 405 and xml_error(body)[0] == "MethodNotAllowed", body
+
+
+def test_a_response_override_with_surrounding_spaces_is_sent_trimmed(s3_server, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="override.txt", Body=b"text")
+    url = s3_server.client(signature_version="s3v4").generate_presigned_url("get_object", ExpiresIn=60, Params={
+        "Bucket": bucket, "Key": "override.txt", "ResponseCacheControl": " no-cache\t"})
+    with urllib.request.urlopen(url, timeout=10) as response:  # h11 refused to send " no-cache": no answer at all
+        assert response.headers["cache-control"] == "no-cache" and response.read() == b"text"
+
+
+@pytest.mark.parametrize("headers, query, code", [
+    ((("Date", "Mon, 01 Jan 99999999999999999999 00:00:00 GMT"),), "", "AuthorizationHeaderMalformed"),
+    ((("Date", "Fri, 31 Dec 9999 23:59:59 -1400"),), "", "AuthorizationHeaderMalformed"),  # past 9999 in UTC
+    ((), "X-Amz-Date=99991231T235959Z&X-Amz-Expires=604800", "RequestTimeTooSkewed"),  # expiry past 9999
+])
+def test_request_times_past_year_9999_are_refused(s3_server, headers, query, code):
+    scope = "AKIAIOSFODNN7EXAMPLE/" + ("99991231" if query else "20200101") + "/us-east-1/s3/aws4_request"
+    if query:
+        query += (f"&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={quote(scope, safe='')}"
+                  f"&X-Amz-SignedHeaders=host&X-Amz-Signature={'0' * 64}")
+    else:
+        headers += (("Authorization", f"AWS4-HMAC-SHA256 Credential={scope}, SignedHeaders=date;host, "
+                                      f"Signature={'0' * 64}"),)
+    host = s3_server.endpoint.removeprefix("http://")
+    status, body = send_raw(s3_server.endpoint, "GET", "/bucket" + (f"?{query}" if query else ""),
+                            [("Host", host), *headers], b"")
+    assert 400 <= status < 500 and xml_error(body)[0] == code, body[:300]
+
+
+@pytest.mark.parametrize("api", ["s3", "sagemaker"])
+def test_a_client_that_leaves_mid_body_is_one_info_line(s3_server, bucket, api):
+    """Content-Length says 1,000,000, a few bytes come, the socket closes: not an error with a traceback."""
+    log = s3_server.server.log_path
+    seen = log.read_text()
+    first = s3_server.first
+    if api == "s3":
+        method, path = "PUT", f"/{bucket}/left-early"
+        request = AWSRequest(method, f"{s3_server.endpoint}{path}",
+                             headers={"x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
+        S3SigV4Auth(BotoCredentials(first.access_key_id, first.secret_access_key), "s3", "us-east-1").add_auth(request)
+    else:
+        method, path = "POST", "/"
+        request = AWSRequest(method, f"{s3_server.endpoint}{path}", data=b"{}", headers={
+            "X-Amz-Target": "SageMaker.ListCompilationJobs", "Content-Type": "application/x-amz-json-1.1"})
+    head = "".join(f"{name}: {value}\r\n" for name, value in request.headers.items())
+    host = s3_server.endpoint.removeprefix("http://")
+    with socket.create_connection(tuple(host.split(":"))) as sock:
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{head}Content-Length: 1000000\r\n\r\n".encode()
+                     + b"a few bytes")
+        time.sleep(0.2)  # the server is reading the body when the client goes
+    line = f"INFO kiln.api: client disconnected before sending the whole body: {method} {path}"
+    deadline = time.monotonic() + 20
+    while line not in (new := log.read_text()[len(seen):]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert new.count(line) == 1, new
+    assert "Traceback" not in new and " ERROR " not in new, new

@@ -1,6 +1,7 @@
 """The SageMaker compilation-job API end to end: real boto3 against a real `kiln serve` (SQLite, LocalCluster)."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -81,6 +82,27 @@ def test_job_compiles_and_its_artifact_runs(server, alice, sm, uploaded, tmp_pat
     assert len(report["candidates"]) >= 2  # ml_c5 is this host's kind: every backend was tried and timed
     outputs = Model(artifact).run(np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32))
     assert outputs[0].shape == (1, 10) and np.isclose(outputs[0].sum(), 1.0, atol=1e-4)  # softmax
+
+
+def test_int8_job_calibrates_on_the_callers_kiln_calibration_object(server, alice, sm, uploaded, tmp_path):
+    options = {"kiln-precision": "int8", "kiln-backend": "onnxruntime", "kiln-accuracy": {"cosine": 0.5},
+               "kiln-calibration": f"s3://{BUCKET}/data/cal.npz"}
+    request = job_request(alice, "cnn-int8", uploaded["onnx"], options=json.dumps(options), output=f"s3://{BUCKET}/int8/")
+    with pytest.raises(sm.exceptions.ClientError) as caught:  # not uploaded yet: refused before it is queued
+        sm.create_compilation_job(**request)
+    assert "CompilerOptions.kiln-calibration" in caught.value.response["Error"]["Message"]
+    npz = io.BytesIO()
+    np.savez(npz, data=np.random.default_rng(3).standard_normal((12, 3, 32, 32)).astype(np.float32))
+    uploaded["s3"].put_object(Bucket=BUCKET, Key="data/cal.npz", Body=npz.getvalue())
+    sm.create_compilation_job(**request)
+    job = wait_for_job(sm, "cnn-int8")
+    assert job["CompilationJobStatus"] == "COMPLETED", job["FailureReason"]
+    body = uploaded["s3"].get_object(Bucket=BUCKET, Key="int8/model-ml_c5.tar.gz")["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        report = json.load(tar.extractfile("report.json"))
+    assert report["selected"] == "onnxruntime-int8"
+    assert report["precision"]["data"] == f"s3://{BUCKET}/data/cal.npz: 12 samples"
+    assert (report["precision"]["calibration_samples"], report["precision"]["evaluation_samples"]) == (9, 3)
 
 
 def test_job_log_is_kept_and_readable(server, alice, bob, sm, uploaded):
@@ -399,7 +421,23 @@ def _raw(server, account, target: str, body: bytes) -> tuple[int, dict]:
         return err.code, json.loads(err.read() or b"{}")
 
 
+def _token(text: str) -> bytes:
+    """A NextToken as paging.py writes one (base64url JSON), around whatever JSON text a client forged."""
+    return base64.urlsafe_b64encode(text.encode("utf-8", "surrogatepass")).rstrip(b"=")
+
+
 @pytest.mark.parametrize("target, body, words", [
+    # Forged NextTokens the store could not bind or parse (each was a 500): an id past 64 bits, a sort value
+    # past 64 bits, a lone surrogate (escaped, and as raw UTF-8 bytes), JSON nested past the parser.
+    ("ListCompilationJobs", b'{"NextToken": "%s"}' % _token('{"k": "CreationTime/Ascending", "v": 1, "i": %d}'
+                                                            % 2**70), ["NextToken", "64 bits"]),
+    ("ListCompilationJobs", b'{"NextToken": "%s"}' % _token('{"k": "CreationTime/Ascending", "v": %d, "i": 1}'
+                                                            % 2**80), ["NextToken", "64 bits"]),
+    ("ListCompilationJobs", b'{"SortBy": "Name", "NextToken": "%s"}' % _token(
+        '{"k": "Name/Ascending", "v": "\\ud800", "i": 1}'), ["NextToken", "surrogate"]),
+    ("ListCompilationJobs", b'{"SortBy": "Name", "NextToken": "%s"}' % _token(
+        '{"k": "Name/Ascending", "v": "\ud800", "i": 1}'), ["NextToken", "surrogate"]),
+    ("ListCompilationJobs", b'{"NextToken": "%s"}' % _token("[" * 2500 + "]" * 2500), ["NextToken"]),
     ("ListCompilationJobs", b"[" * 5000 + b"]" * 5000, ["body"]),  # nested past any parser's recursion
     ("ListCompilationJobs", b"[" * 990 + b"]" * 990, ["body"]),  # just inside the parser's, not the checks'
     ("ListCompilationJobs", b'{"MaxResults": ' + b"9" * 5000 + b"}", ["body"]),  # past int()'s digit limit

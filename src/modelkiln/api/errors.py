@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from xml.sax.saxutils import escape
 
 from starlette.responses import Response
@@ -51,8 +52,8 @@ def s3_error(exc: BaseException, request_id: str, resource: str = "") -> Respons
     if not isinstance(exc, KilnError):  # a bug: keep the trace for the operator (501 NotImplemented is not one)
         log.error("request %s failed", request_id, exc_info=exc)
     body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
-            f"<Error><Code>{escape(code)}</Code><Message>{escape(message)}</Message>"
-            f"<Resource>{escape(resource)}</Resource><RequestId>{escape(request_id)}</RequestId>"
+            f"<Error><Code>{xml_text(code)}</Code><Message>{xml_text(message)}</Message>"
+            f"<Resource>{xml_text(resource)}</Resource><RequestId>{xml_text(request_id)}</RequestId>"
             f"{_signature_details(exc)}</Error>")
     return Response(body, status, media_type="application/xml", headers={"x-amz-request-id": request_id})
 
@@ -74,8 +75,24 @@ def _signature_details(exc: BaseException) -> str:
     """S3 returns what it signed on SignatureDoesNotMatch, so a client author can diff it against their own."""
     if not isinstance(exc, AuthError) or not exc.canonical_request:
         return ""
-    return (f"<StringToSign>{escape(exc.string_to_sign)}</StringToSign>"
-            f"<CanonicalRequest>{escape(exc.canonical_request)}</CanonicalRequest>")
+    return (f"<StringToSign>{xml_text(exc.string_to_sign)}</StringToSign>"
+            f"<CanonicalRequest>{xml_text(exc.canonical_request)}</CanonicalRequest>")
+
+
+# What XML 1.0 cannot hold even as a character reference (controls, lone surrogates, U+FFFE/FFFF).
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(text: str) -> str:
+    """Text escaped for an XML element; characters XML cannot hold (a path may decode to \\x00) are written
+    as Python escapes, so the error body stays well-formed for the client's XML parser."""
+    return escape(_NOT_XML.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text))
+
+
+def client_disconnected(method: str, raw_path: str) -> None:
+    """A client that closed its connection before sending the body it announced is not a server error:
+    one INFO line (the raw path, so a decoded line break cannot forge another log line)."""
+    log.info("client disconnected before sending the whole body: %s %s", method, raw_path)
 
 
 class UnknownOperation(KilnError):

@@ -26,7 +26,7 @@ from urllib.parse import quote, unquote, unquote_to_bytes
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers as StarletteHeaders
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from modelkiln.api import s3_xml
@@ -58,6 +58,9 @@ SUBRESOURCES = frozenset({
 # x-amz-server-side-encryption values whose key can be passed on; anything else is refused, not ignored
 _KMS_MODES = ("aws:kms", "aws:kms:dsse")
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")  # beyond 19 digits no offset fits: ignored, as S3 does
+# An integer parameter: ASCII digits only (str.isdigit() also takes '²', which int() refuses), and few enough
+# that int() never meets its 4300-digit limit; every bound here has at most 10 digits.
+_INTEGER = re.compile(r"[0-9]{1,12}")
 
 
 def _client_error(code: str, status: int, message: str) -> StorageError:
@@ -101,6 +104,8 @@ async def handle(request: Request, services: Services, request_id: str) -> Respo
         bucket, key = _split_path(request)
         call = _Call(request, services.objects, verified, bucket, key)
         response = await _route(request, bucket, key)(call)
+    except ClientDisconnect:
+        raise  # no one left to answer: app.py logs it
     except Exception as exc:  # s3_error maps every error, logging the unexpected ones
         response = s3_error(exc, request_id, request.url.path)
         if request.method == "HEAD":
@@ -470,8 +475,8 @@ def _int_param(call: _Call, name: str, default: int | None, low: int, high: int)
         if default is None:
             raise InvalidArgument(f"{name} is required")
         return default
-    if not value.isdigit() or not low <= int(value) <= high:
-        raise InvalidArgument(f"{name} must be an integer from {low} to {high}, not {value!r}")
+    if not _INTEGER.fullmatch(value) or not low <= int(value) <= high:
+        raise InvalidArgument(f"{name} must be an integer from {low} to {high}, not {value[:64]!r}")
     return int(value)
 
 
@@ -558,7 +563,9 @@ def _object_headers(call: _Call, info: ObjectInfo, whole: bool) -> dict[str, str
     if whole and call.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
         headers.update(_checksum_headers(info.checksums))
     for name in _RESPONSE_OVERRIDES:  # presigned links may choose these (response-content-type=...)
-        value = call.param(f"response-{name}")
+        # Spaces around a field value are not part of it (RFC 9110), and h11 refuses to send them: the
+        # connection was dropped without an answer.
+        value = (call.param(f"response-{name}") or "").strip(" \t")
         if value:
             if not _HEADER_VALUE.fullmatch(value):  # CR/LF would split the response; non-Latin-1 cannot be sent
                 raise InvalidArgument(f"response-{name} must be printable Latin-1 text without line breaks")

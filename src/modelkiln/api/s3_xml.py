@@ -6,6 +6,7 @@ reads the same; a body with a DOCTYPE is refused before parsing, which rules out
 """
 from __future__ import annotations
 
+import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -15,6 +16,8 @@ from urllib.parse import quote
 from modelkiln.storage import BucketInfo, ListPage, ObjectInfo, Part, StorageError
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+# ASCII digits (str.isdigit() also takes '²', which int() refuses), few enough for int(); the store checks 1-10000
+_PART_NUMBER = re.compile(r"[0-9]{1,5}")
 MAX_XML_BODY = 4 * 1024 * 1024  # a completion of 10,000 parts is ~1.5 MB; DeleteObjects of 1000 long keys ~1.1 MB
 
 
@@ -256,8 +259,8 @@ def parse_complete(body: bytes) -> list[tuple[int, str]]:
     parts = []
     for part in _children(_parse(body, "CompleteMultipartUpload"), "Part"):
         number, etag = _text(part, "PartNumber"), _text(part, "ETag")
-        if number is None or etag is None or not number.strip().isdigit():
-            raise MalformedXML("every <Part> needs a numeric <PartNumber> and an <ETag>")
+        if number is None or etag is None or not _PART_NUMBER.fullmatch(number.strip()):
+            raise MalformedXML("every <Part> needs a <PartNumber> (an integer from 1 to 10000) and an <ETag>")
         parts.append((int(number), etag))
     return parts
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from modelkiln.api.errors import JSON_CONTENT_TYPE, UnknownOperation, json_error
@@ -35,6 +35,8 @@ async def handle(request: Request, services: Services, request_id: str) -> Respo
         operation = _operation(request.headers["x-amz-target"])
         params = _params(body)
         result = await run_in_threadpool(operation, services, verified.principal, params)
+    except ClientDisconnect:
+        raise  # no one left to answer: app.py logs it
     except Exception as exc:  # noqa: BLE001 - every failure becomes an awsJson error, see api/errors.py
         return json_error(exc, request_id)
     return Response(json.dumps(result), 200, media_type=JSON_CONTENT_TYPE, headers={"x-amzn-RequestId": request_id})
@@ -105,6 +107,14 @@ def _check_locations(services: Services, account_id: str, request: validation.Cr
     except StorageError as exc:
         raise ValidationError("InputConfig.S3Uri", f"cannot read {request.input.s3_uri}: {exc.message} "
                                                    "Upload the model there first (aws s3 cp model.tar.gz ...).")
+    if request.options.calibration:  # the worker fetches it as the caller: it must be theirs and be there
+        field = "OutputConfig.CompilerOptions.kiln-calibration"
+        data = validation.parse_s3_uri(request.options.calibration, field, need_key=True)
+        try:
+            services.objects.head_object(account_id, data.bucket, data.key)
+        except StorageError as exc:
+            raise ValidationError(field, f"cannot read {request.options.calibration}: {exc.message} "
+                                         "Upload the .npz there first.")
     output = request.output.location
     try:
         services.objects.head_bucket(account_id, output.bucket)

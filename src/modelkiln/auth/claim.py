@@ -126,11 +126,11 @@ def _header_timestamp(request: HttpRequest) -> str:
         raise _malformed("A header-signed request needs one x-amz-date (or Date) header.")
     try:
         parsed = parsedate_to_datetime(date[0])
-    except (TypeError, ValueError):
+        if parsed.tzinfo is None:  # "-0000", as botocore writes it, means UTC (RFC 5322)
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed.astimezone(timezone.utc).strftime(SIGV4_TIMESTAMP)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a year past C's long, or past 9999 in UTC
         raise _malformed("The Date header is not an HTTP date.") from None
-    if parsed.tzinfo is None:  # "-0000", as botocore writes it, means UTC (RFC 5322)
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc).strftime(SIGV4_TIMESTAMP)
 
 
 def _from_query(params: dict[str, str], pairs: list[tuple[str, str]], services: Collection[str]) -> Claim:

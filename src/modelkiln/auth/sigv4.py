@@ -132,7 +132,7 @@ def _check_time(claim: Claim, now: datetime, max_skew: timedelta) -> None:
     signed_at = datetime.strptime(claim.timestamp, SIGV4_TIMESTAMP).replace(tzinfo=timezone.utc)
     server_time = now.strftime(SIGV4_TIMESTAMP)
     if claim.expires is not None:
-        if now > signed_at + timedelta(seconds=claim.expires):
+        if now - signed_at > timedelta(seconds=claim.expires):  # not signed_at + ...: past year 9999 that overflows
             raise AuthError("expired", f"Request has expired: signed at {claim.timestamp} for {claim.expires} "
                             f"seconds, server time is {server_time}.")
         if signed_at - now > max_skew:

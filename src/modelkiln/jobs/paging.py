@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from modelkiln.jobs.errors import InvalidToken
 
 MAX_TOKEN_CHARS = 8192  # the service model's NextToken bound
+_BIGINT = (-(2**63), 2**63 - 1)  # what SQLite's INTEGER and PostgreSQL's BIGINT hold
 
 
 def encode(kind: str, value: Any, row_id: Any) -> str:
@@ -29,7 +30,7 @@ def decode(token: str, kind: str, value_type: type | tuple[type, ...], id_type: 
         raise InvalidToken("too long")
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (binascii.Error, ValueError) as exc:  # json's and UnicodeDecodeError are ValueErrors
+    except (binascii.Error, ValueError, RecursionError) as exc:  # json's and UnicodeDecodeError are ValueErrors
         raise InvalidToken("not a token Kiln issued") from exc
     if not isinstance(data, dict) or set(data) != {"k", "v", "i"}:
         raise InvalidToken("not a token Kiln issued")
@@ -40,7 +41,21 @@ def decode(token: str, kind: str, value_type: type | tuple[type, ...], id_type: 
     if isinstance(value, bool) or not isinstance(value, value_type) or not isinstance(row_id, id_type) \
             or isinstance(row_id, bool):
         raise InvalidToken("not a token Kiln issued")
+    # A forged value the database cannot compare would fail the query (an internal error), not the token.
+    for item in (value, row_id):
+        if isinstance(item, int) and not _BIGINT[0] <= item <= _BIGINT[1]:
+            raise InvalidToken("it holds an integer past 64 bits")
+        if isinstance(item, str) and not _is_text(item):
+            raise InvalidToken("it holds a lone UTF-16 surrogate")
     return value, row_id
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def after(columns: tuple[sa.ColumnElement[Any], sa.ColumnElement[Any]], key: tuple[Any, Any],
