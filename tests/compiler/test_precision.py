@@ -108,3 +108,13 @@ def test_kiln_calibration_needs_the_file_with_kiln_compile(models, tmp_path):
     with pytest.raises(ValidationError) as caught:
         _compile(models / "cnn_onnx.tar.gz", tmp_path, '{"kiln-precision": "int8", "kiln-calibration": "s3://b/c.npz"}')
     assert caught.value.field == "OutputConfig.CompilerOptions.kiln-calibration" and "--calibration" in caught.value.message
+
+
+def test_int8_for_an_arm_board_is_measured_under_qemu(calibrated, tmp_path):
+    report = compile_job(CompileJob(model=calibrated, framework="ONNX", output_dir=tmp_path, target_device="rasp4b",
+                                    data_input_config='{"data": [1, 3, 32, 32]}', compiler_options=json.dumps(
+                                        {"kiln-precision": "int8", "kiln-backend": "onnxruntime",
+                                         "kiln-accuracy": {"cosine": 0.95}})))
+    winner = report.winner()
+    assert report.selected == "onnxruntime-int8" and report.verified
+    assert "qemu" in winner.check.ran_on and winner.check.accuracy.samples == SAMPLES // 4

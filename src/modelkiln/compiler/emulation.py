@@ -92,12 +92,13 @@ from pathlib import Path
 import numpy as np
 from modelkiln.runtime.executors import open_executor
 meta = json.loads(Path(work, "meta.json").read_text())
-n_in = len(list(Path(work).glob("in*.npy")))
-inputs = [np.load(f"{work}/in{i}.npy") for i in range(n_in)]
-outputs = open_executor(Path(artifact), meta, threads=1).run(inputs)
-for i, out in enumerate(outputs):
-    np.save(f"{work}/out{i}.npy", np.asarray(out))
-Path(work, "n_out").write_text(str(len(outputs)))
+executor = open_executor(Path(artifact), meta, threads=1)
+for sample in sorted(Path(work).glob("s*"), key=lambda p: int(p.name[1:])):
+    inputs = [np.load(sample / f"in{i}.npy") for i in range(len(list(sample.glob("in*.npy"))))]
+    outputs = executor.run(inputs)
+    for i, out in enumerate(outputs):
+        np.save(sample / f"out{i}.npy", np.asarray(out))
+    (sample / "n_out").write_text(str(len(outputs)))
 """
 
 
@@ -153,18 +154,24 @@ def find_python_emulator(arch: str, requirement: str) -> PythonEmulator | str:
 def run_runtime(emulator: PythonEmulator, artifact_dir: Path, meta: dict, inputs: list[np.ndarray]) -> list[np.ndarray]:
     """Load the artifact in artifact_dir (its files as compiled.meta `meta` names them) with Kiln's
     runtime in the emulated Python, run it once on inputs; numpy in, numpy out."""
+    return run_runtime_samples(emulator, artifact_dir, meta, [inputs])[0]
+
+
+def run_runtime_samples(emulator: PythonEmulator, artifact_dir: Path, meta: dict,
+                        samples: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """run_runtime on each sample, in one emulated Python (its start under qemu costs seconds)."""
     # A clean environment: the host's LD_*, QEMU_* and PYTHON* settings must not reach the guest.
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
            "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
     return _run_child([emulator.qemu, "-L", str(emulator.root), str(emulator.python), "-S"], str(emulator.site),
-                      env, artifact_dir, meta, inputs, f"{emulator.backend} in {emulator.arch} Python under qemu-user")
+                      env, artifact_dir, meta, samples, f"{emulator.backend} in {emulator.arch} Python under qemu-user")
 
 
 def run_isolated(artifact_dir: Path, meta: dict, inputs: list[np.ndarray]) -> list[np.ndarray]:
     """Run the artifact once in a child Python of this host: GPU drivers (lavapipe, CUDA) load their own
     libraries (lavapipe its LLVM), and a crash there must fail one candidate, not the compile."""
-    return _run_child([sys.executable], "", dict(os.environ), artifact_dir, meta, inputs,
-                      f"the {meta['Backend']['Name']} runtime on {meta['Backend'].get('Device', 'cpu')}")
+    return _run_child([sys.executable], "", dict(os.environ), artifact_dir, meta, [inputs],
+                      f"the {meta['Backend']['Name']} runtime on {meta['Backend'].get('Device', 'cpu')}")[0]
 
 
 @functools.cache
@@ -180,7 +187,7 @@ def device_in_child(runtime: str, driver: str) -> str | None:
 
 
 def _run_child(python: list[str], site: str, env: dict[str, str], artifact_dir: Path, meta: dict,
-               inputs: list[np.ndarray], what: str) -> list[np.ndarray]:
+               samples: list[list[np.ndarray]], what: str) -> list[list[np.ndarray]]:
     package = Path(__file__).resolve().parents[1]  # src/modelkiln
     with tempfile.TemporaryDirectory(prefix="kiln-run-") as tmp:
         work, kiln = Path(tmp, "io"), Path(tmp, "kiln")
@@ -190,19 +197,21 @@ def _run_child(python: list[str], site: str, env: dict[str, str], artifact_dir: 
         shutil.copytree(package / "runtime", kiln / "modelkiln" / "runtime",
                         ignore=shutil.ignore_patterns("__pycache__"))
         (work / "meta.json").write_text(json.dumps(meta))
-        for i, array in enumerate(inputs):
-            np.save(work / f"in{i}.npy", array)
+        for j, inputs in enumerate(samples):
+            for i, array in enumerate(inputs):
+                np.save(_mkdir(work / f"s{j}") / f"in{i}.npy", array)
         args = [*python, "-I", "-B", "-c", _RUNNER, site, str(kiln), str(work), str(Path(artifact_dir).resolve())]
         env = {**env, "HOME": tmp, "TMPDIR": tmp}
         try:
             proc = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=tmp)
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"{what} did not finish within {TIMEOUT_S} s") from None
-        if proc.returncode != 0 or not (work / "n_out").is_file():
+        if proc.returncode != 0 or not all((work / f"s{j}" / "n_out").is_file() for j in range(len(samples))):
             lines = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.strip()]
             last = lines[-1] if lines else f"exit status {proc.returncode}, no output"
             raise RuntimeError(f"{what} failed: {last}\n" + "\n".join(lines)[-2000:])
-        return [np.load(work / f"out{i}.npy") for i in range(int((work / "n_out").read_text()))]
+        return [[np.load(work / f"s{j}" / f"out{i}.npy") for i in range(int((work / f"s{j}" / "n_out").read_text()))]
+                for j in range(len(samples))]
 
 
 def _mkdir(path: Path) -> Path:

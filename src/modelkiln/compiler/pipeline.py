@@ -25,7 +25,7 @@ from modelkiln.compiler.backends import BACKENDS, Backend
 from modelkiln.compiler.package import build_meta, write_artifact
 from modelkiln.compiler.report import Candidate, Report
 from modelkiln.compiler.routes import (
-    CheckContext, Progress, brief, check_accuracy, check_samples, model_form, native_precisions, ordered,
+    CheckContext, Progress, accuracy_under_emulation, brief, check_accuracy, check_samples, model_form, native_precisions, ordered,
     verify_foreign, verify_gpu,
 )
 from modelkiln.compiler.verify import HOPELESS, SPEC_ONLY, TOLERANCE, Check, host_can_run, median_latencies_ms
@@ -211,14 +211,18 @@ def _try_candidate(ctx: CheckContext, cand: Candidate, workdir: Path) -> None:
     (workdir / "compiled.meta").write_text(json.dumps(meta))
     ctx.progress("verify", f"{cand.key}: running against {ctx.model.framework}")
     try:
+        # Reduced precision is judged by accuracy on the evaluation samples, where the artifact can run them.
+        reduced = ctx.precision_data is not None and cand.precision != "float32"
         if ctx.native:
             executor = open_executor(workdir, meta)
-            cand.check = (check_samples(ctx, executor.run, f"host ({host_arch()})") if ctx.precision_data is None
-                          or cand.precision == "float32" else check_accuracy(ctx, executor.run, f"host ({host_arch()})"))
+            cand.check = (check_accuracy(ctx, lambda samples: [executor.run(s) for s in samples], f"host ({host_arch()})")
+                          if reduced else check_samples(ctx, executor.run, f"host ({host_arch()})"))
             if cand.check.passed:
                 ctx.executors[cand.key] = executor
         elif ctx.target.gpu:
             cand.check = verify_gpu(ctx, backend, output, meta, workdir)
+        elif reduced and backend.emulated_in_python:
+            cand.check = accuracy_under_emulation(ctx, backend, meta, workdir)
         else:
             cand.check = verify_foreign(ctx, backend, output, meta, workdir)
     except Exception as exc:  # a crash in one candidate's runtime must not end the job
@@ -287,9 +291,9 @@ def _select(candidates: list[Candidate], ctx: CheckContext) -> tuple[Candidate, 
 
 def _reduced_reason(ctx: CheckContext, cand: Candidate) -> str | None:
     """Why a reduced-precision candidate cannot be judged here: int8 accuracy is measured where it runs."""
-    if cand.precision == "int8" and not ctx.native:
-        return (f"int8 candidates are calibrated and measured on this host, which cannot run {ctx.target.name}'s "
-                "code natively")
+    if cand.precision == "int8" and not ctx.native and (ctx.target.gpu or not BACKENDS[cand.backend].emulated_in_python):
+        return (f"int8 accuracy is measured by running the artifact, and {cand.backend}'s {ctx.target.name} code "
+                "runs neither on this host nor under its emulation")
     return None
 
 

@@ -179,14 +179,26 @@ def check_samples(ctx: CheckContext, run: Callable[[list[np.ndarray]], list[np.n
     return worst
 
 
-def check_accuracy(ctx: CheckContext, run: Callable[[list[np.ndarray]], list[np.ndarray]], ran_on: str) -> Check:
+RunSamples = Callable[[list[list[np.ndarray]]], list[list[np.ndarray]]]  # every sample's inputs -> outputs
+
+
+def check_accuracy(ctx: CheckContext, run: RunSamples, ran_on: str) -> Check:
     """A reduced-precision candidate run on every evaluation sample and judged by the accuracy budget."""
     data = ctx.precision_data
     assert data is not None
-    outputs = [run(ordered(ctx, feeds)) for feeds in data.evaluation]
+    outputs = run([ordered(ctx, feeds) for feeds in data.evaluation])
     accuracy = measure(outputs, data.expected, ctx.options.accuracy, data.data)
     return Check("verified" if accuracy.met else "mismatch", ran_on, 0.0, max_rel_err=accuracy.max_rel_err,
                  detail="" if accuracy.met else f"over the accuracy budget: {accuracy.describe()}", accuracy=accuracy)
+
+
+def accuracy_under_emulation(ctx: CheckContext, backend: Backend, meta: dict, workdir: Path) -> Check:
+    """check_accuracy for a foreign CPU: the artifact runs in the target arch's Python under qemu-user."""
+    python = emulation.find_python_emulator(ctx.target.arch, backend.runtime_requirement())
+    if not isinstance(python, emulation.PythonEmulator):
+        return Check("error", "qemu-user", 0.0, detail=f"cannot run {backend.name} for {ctx.target.arch} here: {python}")
+    return check_accuracy(ctx, lambda samples: emulation.run_runtime_samples(python, workdir, meta, samples),
+                          python.describe())
 
 
 def native_precisions(target: Target) -> list[str]:
