@@ -195,9 +195,9 @@ def _try_candidate(ctx: CheckContext, cand: Candidate, workdir: Path) -> None:
     workdir.mkdir(parents=True)
     ctx.progress("compile", f"{cand.key} {cand.version}")
     start = time.perf_counter()
-    samples = ctx.precision_data.calibration if ctx.precision_data and cand.precision == "int8" else ()
     try:
-        output = backend.compile(model_form(backend, ctx.model), ctx.target, options, workdir, samples)
+        output = backend.compile(model_form(backend, ctx.model), ctx.target, options, workdir,
+                                 ctx.precision_data if cand.precision == "int8" else None)
     except CompilationError as exc:
         cand.status, cand.reason = "failed", exc.message
         return

@@ -1,19 +1,16 @@
 """The interface every compiler backend implements."""
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
 import onnx
 
 from modelkiln.targets import CompilerOptions, Target
 
-
-# Calibration samples for an int8 compile (input name -> array), from compiler/calibration.py.
-Samples = Sequence[dict[str, np.ndarray]]
+if TYPE_CHECKING:  # compiler.calibration imports the frontends; backends need only the type
+    from modelkiln.compiler.calibration import PrecisionData
 
 
 @dataclass
@@ -52,9 +49,9 @@ class Backend(Protocol):
         ...
 
     def compile(self, model: onnx.ModelProto, target: Target, options: CompilerOptions, workdir: Path,
-                calibration: Samples = ()) -> BackendOutput:
+                data: PrecisionData | None = None) -> BackendOutput:
         """Compile the model (in the backend's form: ONNX, or a treelite.Model) for target into workdir, in
-        options.precision (int8: quantized on the calibration samples); raise CompilationError naming what
+        options.precision (int8: quantized on data's calibration samples); raise CompilationError naming what
         failed."""
         ...
 

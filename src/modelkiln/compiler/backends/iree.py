@@ -16,6 +16,7 @@ import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -26,7 +27,10 @@ from modelkiln.errors import CompilationError
 from modelkiln.targets import Gpu
 from modelkiln.targets import CompilerOptions, Target
 
-from .base import BackendOutput, Samples
+from .base import BackendOutput
+
+if TYPE_CHECKING:
+    from modelkiln.compiler.calibration import PrecisionData
 
 FILE = "compiled.vmfb"
 CHANNELS_LAST = "builtin.module(util.func(iree-preprocessing-convert-conv-to-channels-last))"
@@ -66,7 +70,7 @@ class IreeBackend:
         return f"IREE's {target.gpu.api if target.gpu else 'GPU'} kernels need a device of that API"
 
     def compile(self, model: onnx.ModelProto, target: Target, options: CompilerOptions, workdir: Path,
-                calibration: Samples = ()) -> BackendOutput:
+                data: PrecisionData | None = None) -> BackendOutput:
         source, mlir, out = workdir / "source.onnx", workdir / "source.mlir", workdir / FILE
         canonical = canonicalize(model)
         model = with_entry_name(canonical.model)

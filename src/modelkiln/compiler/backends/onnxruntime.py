@@ -5,14 +5,19 @@ from __future__ import annotations
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
 from modelkiln.errors import CompilationError
 from modelkiln.targets import CompilerOptions, Target
 
-from .base import BackendOutput, Samples
+from .base import BackendOutput
+
+if TYPE_CHECKING:
+    from modelkiln.compiler.calibration import PrecisionData
 
 FILE = "compiled.onnx"
 PRECISIONS = ("float32", "int8")
@@ -36,12 +41,13 @@ class OnnxRuntimeBackend:
         return None
 
     def compile(self, model: onnx.ModelProto, target: Target, options: CompilerOptions, workdir: Path,
-                calibration: Samples = ()) -> BackendOutput:
+                data: PrecisionData | None = None) -> BackendOutput:
         command = ""
         if options.precision == "int8":
-            model = quantize_int8(model, calibration)
+            samples = data.calibration if data else []
+            model = quantize_int8(model, samples)
             command = ("onnxruntime.quantization.quant_pre_process, then quantize_static(QDQ, per_channel=True, "
-                       f"activations QUInt8, weights QInt8, MinMax on {len(calibration)} calibration samples); ")
+                       f"activations QUInt8, weights QInt8, MinMax on {len(samples)} calibration samples); ")
         # Extended-level fusions are valid on every CPU; layout passes tied to this host's vector
         # width (NCHWc) run at load time on the device instead.
         so = ort.SessionOptions()
@@ -62,7 +68,7 @@ class OnnxRuntimeBackend:
         )
 
 
-def quantize_int8(model: onnx.ModelProto, calibration: Samples) -> onnx.ModelProto:
+def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]]) -> onnx.ModelProto:
     """Static int8 as onnxruntime's docs make it: pre-process (shape inference, fusions), then QDQ quantization
     with per-channel int8 weights and uint8 activations whose ranges come from the calibration samples."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static

@@ -14,6 +14,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tl2cgen
 import treelite
@@ -21,7 +22,10 @@ import treelite
 from modelkiln.errors import CompilationError
 from modelkiln.targets import CompilerOptions, Target
 
-from .base import BackendOutput, Samples
+from .base import BackendOutput
+
+if TYPE_CHECKING:
+    from modelkiln.compiler.calibration import PrecisionData
 
 FILE = "compiled.so"
 TIMEOUT_S = 1800
@@ -111,7 +115,7 @@ class TreeliteBackend:
         return None
 
     def compile(self, model: treelite.Model, target: Target, options: CompilerOptions, workdir: Path,
-                calibration: Samples = ()) -> BackendOutput:
+                data: PrecisionData | None = None) -> BackendOutput:
         source = workdir / "source"
         threads = os.cpu_count() or 1
         try:

@@ -22,6 +22,7 @@ import re
 import shutil
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -31,7 +32,10 @@ from modelkiln.compiler.gpu_code import PTX_HEADER, check_opencl, check_ptx, emb
 from modelkiln.errors import CompilationError
 from modelkiln.targets import CompilerOptions, Gpu, Target
 
-from .base import BackendOutput, Samples
+from .base import BackendOutput
+
+if TYPE_CHECKING:
+    from modelkiln.compiler.calibration import PrecisionData
 
 FILE = "compiled.so"
 TVM_PIN = "apache-tvm==0.27.0.post1"
@@ -78,7 +82,7 @@ class TvmBackend:
         return run_on_pocl(model, target, inputs)
 
     def compile(self, model: onnx.ModelProto, target: Target, options: CompilerOptions, workdir: Path,
-                calibration: Samples = ()) -> BackendOutput:
+                data: PrecisionData | None = None) -> BackendOutput:
         import tvm
         from tvm.support.cc import cross_compiler
 
