@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from modelkiln.errors import CompilationError, KilnError, failure_reason
+from modelkiln.literal import parse_literal
 from modelkiln.executor import sandbox, scratch
 from modelkiln.executor.spec import JobSpec, artifact_name
 from modelkiln.jobs.errors import JobError, LeaseLost, StatusConflict
 from modelkiln.jobs.model import COMPLETED, FAILED, INPROGRESS, STOPPED, STOPPING, Job
 from modelkiln.jobs.store import JobStore
 from modelkiln.storage import download_file, open_store, parse_s3_uri, upload_file
-from modelkiln.targets import parse_compiler_options
 
 T = TypeVar("T")
 
@@ -129,7 +129,7 @@ class _Supervisor:
         model = self._download(uri, "InputConfig.S3Uri", None, "upload the model there, or correct S3Uri")
         if isinstance(model, str):
             return model
-        data_uri = parse_compiler_options(self.job.output_config.get("CompilerOptions")).calibration
+        data_uri = _calibration_uri(self.job.output_config.get("CompilerOptions"))
         if data_uri is None:
             return model, None
         data = self._download(data_uri, "CompilerOptions kiln-calibration", "calibration-data.npz",
@@ -270,6 +270,15 @@ class _Supervisor:
 
     def log(self, line: str) -> None:
         self.store.append_log(self.job_id, [line])
+
+
+def _calibration_uri(compiler_options: str | None) -> str | None:
+    """CompilerOptions kiln-calibration (validated when the job was created), which the supervisor fetches."""
+    if not compiler_options:
+        return None
+    options = parse_literal(compiler_options, "OutputConfig.CompilerOptions")
+    uri = options.get("kiln-calibration") if isinstance(options, dict) else None
+    return uri if isinstance(uri, str) else None
 
 
 def _read_result(path: Path) -> dict | None:
