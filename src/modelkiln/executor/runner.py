@@ -116,6 +116,7 @@ class _Supervisor:
             return self._finish(FAILED, {INPROGRESS}, failure_reason=fetched)
         spec = self._spec(*fetched)
         spec.write(self.work / "spec.json")
+        (self.work / "spec.json").chmod(0o644)  # written as the worker, read as the job's uid
         self.child = sandbox.start([sys.executable, "-m", "modelkiln.executor.job_main", "/job/spec.json"],
                                    self.limits, self.jail)
         pump = threading.Thread(target=self._pump, args=(self.child,), daemon=True)
