@@ -124,6 +124,8 @@ def bwrap_argv(argv: Sequence[str], jail: Jail) -> list[str]:
             args += ["--ro-bind", str(top), str(top)]
     for name in _ETC:
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    # The job's /tmp first: a Python or venv installed under /tmp is then shown on top of it, not hidden by it.
+    args += ["--bind", str(jail.work_dir / "tmp"), "/tmp"]
     extra = _read_only_paths()
     system = [p for p in _SYS if p.exists()]
     for parent in _ancestors([*extra, *system]):
@@ -132,8 +134,7 @@ def bwrap_argv(argv: Sequence[str], jail: Jail) -> list[str]:
         args += ["--ro-bind", str(path), str(path)]
     args += ["--proc", "/proc", "--dev", "/dev",
              "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm",  # POSIX semaphores (joblib)
-             "--bind", str(jail.work_dir), str(JOB_ROOT), "--bind", str(jail.work_dir / "tmp"), "/tmp",
-             "--chdir", str(JOB_ROOT)]
+             "--bind", str(jail.work_dir), str(JOB_ROOT), "--chdir", str(JOB_ROOT)]
     for name, value in jail.env.items():
         args += ["--setenv", name, value]
     if jail.uid is not None:  # drop root before anything of the job's runs: its own uid, no capabilities
