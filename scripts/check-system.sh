@@ -63,6 +63,15 @@ lavapipe() {
   grep -q "PHYSICAL_DEVICE_TYPE_CPU" <<<"$summary" || { echo "vulkaninfo lists no CPU device (lavapipe)"; return 1; }
 }
 
+# Headless chromium loads a tiny local page and prints its DOM (what the console's browser tests need).
+chromium_headless() {
+  printf '<!doctype html><p id="kiln">kiln-check</p>' > "$work/page.html"
+  local dom
+  dom=$(timeout 60 chromium --headless --no-sandbox --disable-gpu --dump-dom "file://$work/page.html" 2>/dev/null) \
+    || { echo "chromium --headless --dump-dom failed (exit $?): cannot run chromium"; return 1; }
+  grep -q '<p id="kiln">kiln-check</p>' <<<"$dom" || { echo "chromium printed no page: ${dom:0:200}"; return 1; }
+}
+
 system_pieces() {
   local install="make system-deps (scripts/install-system-deps.sh) installs it; or apt-get install"
   check "gcc (x86-64)" "$install gcc libc6-dev" toolchain gcc "" ""
@@ -76,6 +85,7 @@ system_pieces() {
   check "lavapipe (Vulkan on the CPU)" "$install libvulkan1 mesa-vulkan-drivers vulkan-tools" lavapipe
   check "openssl" "$install openssl" openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
     -subj /CN=kiln-check -days 1 -keyout "$work/key.pem" -out "$work/cert.pem"
+  check "chromium (headless)" "$install chromium" chromium_headless
 }
 
 # ptxas from the nvidia-cuda-nvcc-cu12 wheel assembles a tiny kernel for sm_60.

@@ -71,6 +71,7 @@ def serve_demo(archive: Path, image: Path) -> None:
     server = subprocess.Popen([*KILN, "serve", "--data-dir", str(data), "--port", str(port)])
     try:
         _wait_healthy(endpoint, server)
+        print(f"web console: {endpoint}/console/ (sign in with access key {creds['AccessKeyId']} and its secret)")
         clients = {name: boto3.client(name, endpoint_url=endpoint, region_name="us-east-1",
                                       aws_access_key_id=creds["AccessKeyId"],
                                       aws_secret_access_key=creds["SecretAccessKey"]) for name in ("s3", "sagemaker")}

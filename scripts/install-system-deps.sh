@@ -8,11 +8,12 @@
 #   postgresql: the job store's tests run a real server; openssl: TLS certificates for the auth tests;
 #   mesa-vulkan-drivers (lavapipe) + libvulkan1: a real Vulkan driver on the CPU that runs Vulkan (Mali,
 #     Intel graphics) artifacts for verification; vulkan-tools: its vulkaninfo proves the driver loads;
-#   bubblewrap + util-linux (setpriv): the sandbox each `kiln serve` job's compile runs in.
+#   bubblewrap + util-linux (setpriv): the sandbox each `kiln serve` job's compile runs in;
+#   chromium: the headless browser the web console's tests drive through Playwright (never `playwright install`).
 set -euo pipefail
 packages=(openssl qemu-user-static libc6-arm64-cross libstdc++6-arm64-cross libgcc-s1-arm64-cross postgresql
           gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
-          libvulkan1 mesa-vulkan-drivers vulkan-tools bubblewrap util-linux)
+          libvulkan1 mesa-vulkan-drivers vulkan-tools bubblewrap util-linux chromium)
 missing=()
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for p in "${packages[@]}"; do installed "$p" || missing+=("$p"); done

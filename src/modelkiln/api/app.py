@@ -1,4 +1,5 @@
-"""The ASGI app of `kiln serve`: SageMaker awsJson at `POST /`, Kiln's own routes under /_kiln/, S3 elsewhere.
+"""The ASGI app of `kiln serve`: SageMaker awsJson at `POST /`, Kiln's own routes under /_kiln/, the web
+console under /console/ (api/console/), S3 elsewhere.
 
 One port serves both APIs, told apart the way AWS's endpoints would be: an awsJson call is a POST to / with
 X-Amz-Target; everything else is an S3 path-style request (bucket names cannot start with '_').
@@ -14,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from modelkiln.api import kiln_routes, s3, sagemaker
+from modelkiln.api import console, kiln_routes, s3, sagemaker
 from modelkiln.api.errors import client_disconnected
 from modelkiln.api.services import Services
 
@@ -45,8 +46,12 @@ class _Endpoint:
 
     def __init__(self, services: Services) -> None:
         self.services = services
+        self.console = console.create_console(services)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if console.serves(scope):  # a browser's request: the console is a Starlette app of its own
+            await self.console(scope, receive, send)
+            return
         request = Request(scope, receive)
         try:
             response = await self.dispatch(request, str(uuid.uuid4()))
