@@ -75,7 +75,7 @@ def test_auto_measures_every_precision_on_held_out_samples_and_ships_the_fastest
         assert cand.check.accuracy is not None and cand.check.accuracy.samples == SAMPLES // 4
         assert cand.check.accuracy.met == (cand.check.accuracy.cosine >= 0.98) == (cand.status != "rejected")
     assert "quantize_static" in by_key["onnxruntime-int8"].command
-    assert "quantize_with_accuracy_control" in by_key["openvino-int8"].command  # a budget was given
+    assert "nncf.quantize(" in by_key["openvino-int8"].command  # within budget: no accuracy control needed
     assert report.precision == {"asked": "auto", "budget": "cosine >= 0.98", "data": f"calibration.npz: {SAMPLES} samples",
                                 "calibration_samples": 30, "evaluation_samples": 10, "synthetic": False}
     passed = [c for c in report.candidates if c.status in ("passed", "selected")]
@@ -89,6 +89,14 @@ def test_auto_measures_every_precision_on_held_out_samples_and_ships_the_fastest
     x = np.random.default_rng(1).standard_normal(CNN_SHAPE).astype(np.float32)
     assert model.meta["Precision"] == winner.precision
     assert np.asarray(model.run({"data": x})[0]).shape == (1, 10)
+
+
+def test_openvino_int8_over_budget_gives_layers_back_to_float32_until_it_holds(calibrated, tmp_path):
+    report = _compile(calibrated, tmp_path, '{"kiln-precision": "int8", "kiln-backend": "openvino", '
+                                            '"kiln-accuracy": {"max_rel_err": 1e-4}}')
+    winner = report.winner()
+    assert "quantize_with_accuracy_control" in winner.command and "max_rel_err <= 0.0001" in winner.command
+    assert winner.check.accuracy.met and winner.check.accuracy.max_rel_err <= 1e-4
 
 
 def test_int8_over_its_budget_fails_naming_the_figures_and_the_fix(calibrated, tmp_path):

@@ -28,9 +28,9 @@ def kiln(tmp_path):
         env.setenv("KILN_WORK_DIR", str(data / "scratch"))
         server = KilnServer(data, args=["--workers", "1"])
         alice = server.create_account()
-        server.start(timeout_s=90)
-        server.client("s3", alice).create_bucket(Bucket="kiln-tests")
-        try:
+        try:  # stopped whatever fails, setup included: a test of orphans must not leave a server behind
+            server.start(timeout_s=90)
+            server.client("s3", alice).create_bucket(Bucket="kiln-tests")
             yield server, alice, None
         finally:
             server.stop()
