@@ -4,8 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CROSS  := $(VENV)/share/kiln/cross
 STAMP  := $(VENV)/.installed
+WHEELS := $(VENV)/share/kiln/wheelhouse
 
-.PHONY: setup system-deps cross-runtimes demo test bench fuzz corpus corpus-fast readme clean
+.PHONY: setup system-deps cross-runtimes runtime-wheel demo test bench fuzz corpus corpus-fast readme clean
 
 # Each install step is followed by a check that its pieces work here (compile, link, run): a missing piece
 # is one line naming the package, before any test runs.
@@ -25,9 +26,14 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Unpacked for qemu-user, at the venv's versions: the aarch64 iree-base-runtime, and an arm64 Python 3.11
-# (Debian's .debs, not installed) with the aarch64 numpy/onnxruntime/openvino wheels. Idempotent.
+# (Debian's .debs, not installed) with the aarch64 numpy/onnxruntime/openvino wheels; and this machine's
+# numpy/onnxruntime wheels in $(WHEELS), from which the tests install the device wheel offline. Idempotent.
 cross-runtimes: $(STAMP)
-	bash scripts/install-cross-runtimes.sh $(BIN)/python $(CROSS)
+	bash scripts/install-cross-runtimes.sh $(BIN)/python $(CROSS) $(WHEELS)
+
+# The device distribution, modelkiln-runtime (packaging/runtime): dist/modelkiln_runtime-<version>-py3-none-any.whl
+runtime-wheel: $(STAMP)
+	$(BIN)/python scripts/build_runtime_wheel.py
 
 demo: setup
 	$(BIN)/python scripts/demo.py

@@ -5,10 +5,12 @@
 #                      libraries it links, unpacked from their .debs (not installed: nothing on this
 #                      system changes), plus site/ with the aarch64 wheels of numpy, onnxruntime and
 #                      openvino at the versions installed with PYTHON.
+# and, given WHEELHOUSE, this machine's wheels of numpy and onnxruntime (and what they require) at the same
+# versions: the modelkiln-runtime tests install the device wheel into a fresh venv from them, offline.
 # Idempotent: each part is skipped when its VERSION stamp matches. Needs apt-get and dpkg-deb (Debian 12).
-# Usage: install-cross-runtimes.sh PYTHON DEST
+# Usage: install-cross-runtimes.sh PYTHON DEST [WHEELHOUSE]
 set -euo pipefail
-python=$1; dest=$2
+python=$1; dest=$2; wheelhouse=${3:-}
 mkdir -p "$dest"
 
 version() { "$python" -c 'import importlib.metadata as m, sys; print(m.version(sys.argv[1]))' "$1"; }
@@ -86,5 +88,19 @@ python_root() {
   trap - EXIT
 }
 
+# --- this machine's numpy + onnxruntime wheels, for a device-like venv (tests/runtime/test_runtime_dist.py) -----
+host_wheels() {
+  local dir=$1 pins=() w tmp
+  for w in numpy onnxruntime; do pins+=("$w==$(version "$w")"); done
+  if [ "$(cat "$dir/VERSION" 2>/dev/null)" = "${pins[*]}" ]; then return 0; fi
+  tmp=$(mktemp -d "$(dirname "$dir")/.wheelhouse.XXXXXX")
+  chmod 755 "$tmp"
+  retry "$python" -m pip download --quiet --only-binary=:all: -d "$tmp" "${pins[@]}"
+  echo "${pins[*]}" > "$tmp/VERSION"
+  rm -rf "$dir"
+  mv "$tmp" "$dir"
+}
+
 iree_runtime
 python_root
+[ -z "$wheelhouse" ] || { mkdir -p "$(dirname "$wheelhouse")"; host_wheels "$wheelhouse"; }

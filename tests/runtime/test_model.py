@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 import tarfile
+from importlib.metadata import version
 
 import numpy as np
 import onnxruntime as ort
@@ -27,9 +28,12 @@ def test_every_backend_artifact_loads_and_runs(models, tmp_path, backend, x_and_
 
     compile_cnn(models, tmp_path, target_device="ml_c5", compiler_options=json.dumps({"kiln-backend": backend}))
     x, expected = x_and_expected
+    # the backend runtime the device needs: onnxruntime/OpenVINO from the file's opsets, IREE the very release
+    needs = {"onnxruntime": {"onnxruntime": ">=1.12"}, "openvino": {"openvino": ">=2022.1"},
+             "iree": {"iree-base-runtime": f"=={version('iree-base-runtime')}"}}[backend]
     for threads in (1, 2):
         model = Model(tmp_path / "model.tar.gz", threads=threads)
-        assert model.backend == backend
+        assert model.backend == backend and model.meta["Requirements"]["Runtime"] == needs
         (out,) = model.run(x)
         np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-6)
 

@@ -27,6 +27,8 @@ def build_meta(target: Target, model: ConvertedModel, backend: Backend, output: 
         requirements |= {"Arch": target.arch, "Mcpu": target.mcpu}
         if not backend.portable and target.arch == "x86_64":
             requirements["CpuFlags"] = list(target.features)
+    if output.runtime:
+        requirements["Runtime"] = dict(output.runtime)
     return {
         "Requirements": requirements,
         "Model": {"Inputs": [i.as_meta() for i in model.inputs], "Outputs": [o.as_meta() for o in model.outputs]},

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import tarfile
 import tempfile
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from modelkiln.runtime.executors import open_executor
+from modelkiln.runtime.versions import runtime_problem
 
 META = "compiled.meta"
 _ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "armv7l": "armv7", "armv8l": "armv7",
@@ -107,7 +109,7 @@ def unpack(path: Path) -> tuple[Path, dict, tempfile.TemporaryDirectory | None]:
     if path.is_file() and tarfile.is_tarfile(path):
         tmp = tempfile.TemporaryDirectory(prefix="kiln-model-")
         with tarfile.open(path) as tar:
-            tar.extractall(tmp.name, filter="data")
+            _extract(tar, tmp.name)
         directory = Path(tmp.name)
     elif path.is_dir():
         directory = path
@@ -120,6 +122,26 @@ def unpack(path: Path) -> tuple[Path, dict, tempfile.TemporaryDirectory | None]:
     return directory, json.loads((directory / META).read_text()), tmp
 
 
+def _extract(tar: tarfile.TarFile, directory: str) -> None:
+    """Extract with tarfile's "data" filter; Pythons without it (before 3.8.17, 3.9.17, 3.10.12, 3.11.4: JetPack 5's
+    3.8.10 among them) get the same refusals by hand: only regular files and folders, all inside `directory`."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(directory, filter="data")
+    else:
+        check_members(tar, directory)
+        tar.extractall(directory)
+
+
+def check_members(tar: tarfile.TarFile, directory: str) -> None:
+    """Refuse links, special files and paths that leave `directory` (absolute, or with ..)."""
+    root = os.path.realpath(directory)
+    for member in tar.getmembers():
+        inside = os.path.realpath(os.path.join(root, member.name))
+        if not (member.isfile() or member.isdir()) or os.path.commonpath([root, inside]) != root:
+            raise ArtifactError(f"the archive's member {member.name!r} is a link, a special file or outside the "
+                                "archive's folder: this is not an artifact Kiln wrote")
+
+
 def host_arch() -> str:
     """This machine's architecture in Kiln's terms (x86_64, aarch64, armv7)."""
     machine = platform.machine().lower()
@@ -127,7 +149,8 @@ def host_arch() -> str:
 
 
 def check_requirements(requirements: dict, device: str) -> None:
-    """Refuse an artifact built for another device type, architecture or CPU, naming both."""
+    """Refuse an artifact built for another device type, architecture or CPU, naming both, or one whose backend
+    runtime here is missing or older than it needs (Requirements.Runtime), naming the pip command."""
     wanted = requirements.get("TargetDeviceType", "cpu")
     if wanted == "coreml":
         raise ArtifactError("this artifact is a Core ML package (model.mlpackage): load it with Core ML on an Apple "
@@ -147,6 +170,9 @@ def check_requirements(requirements: dict, device: str) -> None:
             f"this artifact was built for CPU {requirements.get('Mcpu')} ({target}) and needs CPU features "
             f"{', '.join(missing)}, which this machine lacks: compile with an mcpu this CPU implements."
         )
+    problem = runtime_problem(requirements.get("Runtime", {}))
+    if problem:
+        raise ArtifactError(problem)
 
 
 def host_cpu_flags() -> frozenset[str]:

@@ -31,7 +31,7 @@ class IreeExecutor:
         if self._gpu:  # copy to device memory: importing numpy's memory needs page alignment on Vulkan
             inputs = [rt.asdevicearray(self._device, a) for a in inputs]
         out = self._function(*inputs)
-        outs = out if isinstance(out, list | tuple) else [out]
+        outs = out if isinstance(out, (list, tuple)) else [out]
         return [self._to_host(o) for o in outs]
 
     def _to_host(self, array) -> np.ndarray:

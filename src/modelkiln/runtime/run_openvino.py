@@ -4,7 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import openvino as ov
+
+try:
+    from openvino import Core
+except ImportError:  # OpenVINO before 2023.1 has it in openvino.runtime only
+    from openvino.runtime import Core
 
 # int8 IR carries its own FakeQuantize ops: the plugin runs them from an f32 hint
 PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16", "int8": "f32"}
@@ -15,7 +19,7 @@ class OpenVinoExecutor:
         config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        core = ov.Core()
+        core = Core()
         self._compiled = core.compile_model(core.read_model(str(xml_path)), "CPU", config)
         self._request = self._compiled.create_infer_request()
 

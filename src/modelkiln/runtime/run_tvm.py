@@ -51,7 +51,7 @@ class TvmExecutor:
 def _flatten(value) -> list[np.ndarray]:
     if hasattr(value, "numpy"):
         return [value.numpy()]
-    if isinstance(value, list | tuple) or type(value).__name__ in ("Array", "List", "Tuple"):
+    if isinstance(value, (list, tuple)) or type(value).__name__ in ("Array", "List", "Tuple"):
         return [x for item in value for x in _flatten(item)]
     return [np.asarray(value)]
 

@@ -23,6 +23,9 @@ class BackendOutput:
     notes: list[str] = field(default_factory=list)
     # True when the files run on any host CPU (GPU code + bytecode): compiled.meta then names no CPU.
     host_independent: bool = False
+    # The backend runtime the device needs to load these files, pip name -> ">=V" / "==V" / "==V.*"
+    # (compiled.meta Requirements.Runtime, checked by the runtime on load); empty when it needs none.
+    runtime: dict[str, str] = field(default_factory=dict)
 
 
 class Backend(Protocol):

@@ -95,6 +95,7 @@ class IreeBackend:
             source.unlink(missing_ok=True)
             mlir.unlink(missing_ok=True)
         notes = [canonical.note()]
+        runtime = f"=={version('iree-base-runtime')}"  # the very runtime Kiln verified the module with
         if link:
             notes.append("ARMv7 has no fmaxf/fminf instruction and IREE's embedded loader no libm: Kiln links its own "
                          "fmaxf/fminf (C99 semantics) into the module through --iree-llvmcpu-embedded-linker-path.")
@@ -105,7 +106,9 @@ class IreeBackend:
             files=[FILE], entry={"Entry": model.graph.name, "Device": DEVICES[target.gpu.api] if target.gpu else "local"},
             command=f"{CANONICAL_COMMAND} && iree-import-onnx model.onnx -o model.mlir && iree-compile model.mlir "
             + " ".join(shlex.quote(f) for f in flags) + f" -o {FILE}",
-            notes=notes + gpu_notes(target.gpu), host_independent=target.gpu is not None,
+            notes=notes + gpu_notes(target.gpu) + [f"the device needs iree-base-runtime{runtime}: IREE's module format "
+                                                   "is not stable across releases"],
+            host_independent=target.gpu is not None, runtime={"iree-base-runtime": runtime},
         )
 
 

@@ -4,9 +4,11 @@ quantization on the calibration samples."""
 from __future__ import annotations
 
 import logging
+import re
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
+from xml.etree import ElementTree
 
 import onnx
 import openvino as ov
@@ -23,6 +25,14 @@ if TYPE_CHECKING:
     from modelkiln.compiler.calibration import PrecisionData
 
 HINTED = ("bfloat16", "float16")  # run with INFERENCE_PRECISION_HINT; int8 is in the IR itself
+# The first OpenVINO release of each operation set, from OpenVINO's "Available Operation Sets" table
+# (docs.openvino.ai/2024/documentation/openvino-ir-format/operation-sets/available-opsets.html; its last row is
+# 2024.5, opset15). IR v11, which save_model writes, is read from 2022.1 on. An IR using a newer or internal opset
+# asks for the OpenVINO that built it.
+OPSET_RELEASES = {1: "2020.1", 2: "2020.2", 3: "2020.4", 4: "2021.1", 5: "2021.2", 6: "2021.3", 7: "2021.4",
+                  8: "2022.1", 9: "2022.2", 10: "2022.3", 11: "2023.0", 12: "2023.1", 13: "2023.2", 14: "2024.0",
+                  15: "2024.5"}
+IR_V11_RELEASE = "2022.1"
 AC_ITERATIONS, AC_RANKING = 5, 8  # accuracy control: layer groups returned to float32, samples ranked on
 
 
@@ -65,8 +75,29 @@ class OpenVinoBackend:
         notes = []
         if options.precision in HINTED:
             notes.append(f"OpenVINO runs with INFERENCE_PRECISION_HINT={options.precision} (weights stay fp32).")
-        return BackendOutput(files=["compiled.xml", "compiled.bin"], notes=notes,
+        needed, why = ir_runtime(workdir / "compiled.xml")
+        notes.append(f"the device needs openvino{needed}: {why}")
+        return BackendOutput(files=["compiled.xml", "compiled.bin"], notes=notes, runtime={"openvino": needed},
                              command=f"openvino.save_model({command}, compiled.xml, compress_to_fp16=False)")
+
+
+def ir_runtime(xml: Path) -> tuple[str, str]:
+    """The OpenVINO the IR needs (">=2023.0"), from the operation sets its layers use, and why."""
+    root = ElementTree.parse(xml).getroot()
+    used = {layer.get("version", "") for layer in root.iter("layer")}
+    numbers = [int(m.group(1)) for m in (re.fullmatch(r"opset(\d+)", v) for v in used) if m]
+    built = ".".join(version("openvino").split(".")[:2])
+    others = sorted(v for v in used if not re.fullmatch(r"opset\d+", v))
+    newest = max(numbers, default=1)
+    if others or newest not in OPSET_RELEASES:
+        what = ", ".join(others) if others else f"opset{newest}"
+        return f">={built}", f"the IR uses {what}, beyond OpenVINO's opset table here: built with {version('openvino')}"
+    floor = OPSET_RELEASES[newest]
+    if int(root.get("version", "10")) >= 11:
+        floor = max(floor, IR_V11_RELEASE, key=lambda v: tuple(int(n) for n in v.split(".")))
+    return f">={floor}", (f"IR v{root.get('version')} with operations up to opset{newest} (OpenVINO's opset table); "
+                          f"built with {version('openvino')}, and an older CPU plugin may lack a kernel for one of "
+                          "them")
 
 
 def quantize_int8(model: ov.Model, data: PrecisionData, budget: AccuracyBudget | None,

@@ -106,6 +106,7 @@ class TvmBackend:
             raise CompilationError("compile", f"linking the TVM library with {linker} failed: {_first_line(exc)}",
                                    "report this with the model.") from None
         host = json.dumps(_host_config(target), separators=(",", ":"))
+        runtime = "==" + ".".join(version("apache-tvm").split(".")[:2]) + ".*"  # same major.minor as the compiler
         device = json.dumps(_device_config(gpu), separators=(",", ":")) if gpu else None
         command = (f"{CANONICAL_COMMAND}; mod = tvm.relax.frontend.onnx.from_onnx(model, keep_params_in_input=False); "
                    + (f"with target: mod = {SCHEDULES}(relax.transform.LegalizeOps()(mod)); " if gpu else "")
@@ -114,7 +115,10 @@ class TvmBackend:
                    + f"ex.export_library('{FILE}', fcompile=tvm.support.cc.cross_compiler('{linker}'))")
         return BackendOutput(
             files=[FILE], entry={"Entry": "main", "Device": DEVICES[gpu.api] if gpu else "cpu"},
-            command=command, notes=[canonical.note(), *notes(target)], host_independent=False,
+            command=command, host_independent=False, runtime={"apache-tvm": runtime},
+            notes=[canonical.note(), *notes(target), f"the device needs apache-tvm{runtime} (a build with the "
+                   "device's CUDA/OpenCL where it has one): the library calls the TVM runtime's ABI, which changes "
+                   "between minor releases"],
         )
 
 
