@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("targets", help="list every TargetDevice and TargetPlatform and what Kiln builds for it")
     t.add_argument("--markdown", action="store_true", help="print the README's support matrix")
     t.set_defaults(func=_targets)
+    from modelkiln.agent.cli import add_commands  # the device commands: agent, devices, profile, infer
+    add_commands(sub)
     return parser
 
 

@@ -41,7 +41,8 @@ def serve(settings: Settings) -> None:
     dispatcher = Dispatcher(jobs, executor.submit)
     dispatcher.start()
     services = Services(AccountStore(settings.keys_path), jobs, open_store(settings.object_store_url),
-                        notify=dispatcher.wake, max_active_jobs=settings.max_active_jobs)
+                        notify=dispatcher.wake, max_active_jobs=settings.max_active_jobs,
+                        device_lease_s=settings.device_lease_s)
     where = settings.scheduler or f"a local Dask cluster of {settings.workers} worker(s)"
     log.info("serving the SageMaker and S3 APIs on http://%s:%d (data in %s; jobs run on %s)",
              settings.host, settings.port, settings.data_dir.resolve(), where)

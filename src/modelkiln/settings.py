@@ -14,6 +14,7 @@ file (TOML: --config, $KILN_CONFIG, or DATA_DIR/kiln.toml), else the default.
     job_memory_mb = 8192        # KILN_JOB_MEMORY_MB: address-space limit of a job's sandbox process
     job_file_size_mb = 4096     # KILN_JOB_FILE_SIZE_MB: largest file a job may write
     max_active_jobs = 20        # KILN_MAX_ACTIVE_JOBS: unfinished jobs per account (more: ResourceLimitExceeded)
+    device_lease_s = 30         # KILN_DEVICE_LEASE_S: a device job fails when its agent is silent this long
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class Settings:
     job_memory_mb: int = 8192
     job_file_size_mb: int = 4096
     max_active_jobs: int = 20
+    device_lease_s: int = 30
 
     @property
     def job_store_url(self) -> str:

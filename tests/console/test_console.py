@@ -126,7 +126,7 @@ def test_sign_in_refuses_a_wrong_secret_and_admits_the_right_one(browser, site):
 
 def test_a_job_created_through_boto3_appears_completes_and_shows_its_report(browser, site, request):
     context, page = signed_in(browser, site, site.first)
-    expect(page.locator("header nav a")).to_have_text(["Jobs"])  # no Devices until Kiln has devices
+    expect(page.locator("header nav a")).to_have_text(["Jobs", "Devices"])
     row = page.locator("tr[data-job=console-cnn]")
     expect(row).to_have_count(0)
     cnn_job = request.getfixturevalue("cnn_job")  # created now, with the page open

@@ -178,13 +178,3 @@ def test_a_filter_the_api_would_refuse_is_shown_with_the_apis_message(services):
     assert "NextToken" in bad_token.problem
     bad_status = listing.list_jobs(services, "111111111111", listing.Filters(status="DONE"))
     assert "StatusEquals" in bad_status.problem
-
-
-def test_the_devices_section_stays_hidden_until_the_server_has_devices(services):
-    from types import SimpleNamespace
-
-    from modelkiln.api.console.nav import sections_for
-
-    assert [s.title for s in sections_for(services)] == ["Jobs"]
-    with_devices = SimpleNamespace(devices=object())  # what Services will carry once devices exist
-    assert [s.title for s in sections_for(with_devices)] == ["Jobs", "Devices"]  # type: ignore[arg-type]

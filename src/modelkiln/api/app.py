@@ -1,5 +1,6 @@
-"""The ASGI app of `kiln serve`: SageMaker awsJson at `POST /`, Kiln's own routes under /_kiln/, the web
-console under /console/ (api/console/), S3 elsewhere.
+"""The ASGI app of `kiln serve`: SageMaker awsJson at `POST /` (and Kiln's own device operations, X-Amz-Target
+Kiln.*, api/kiln_api.py), Kiln's own routes under /_kiln/, the web console under /console/ (api/console/),
+S3 elsewhere.
 
 One port serves both APIs, told apart the way AWS's endpoints would be: an awsJson call is a POST to / with
 X-Amz-Target; everything else is an S3 path-style request (bucket names cannot start with '_').
@@ -15,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from modelkiln.api import console, kiln_routes, s3, sagemaker
+from modelkiln.api import console, kiln_api, kiln_routes, s3, sagemaker
 from modelkiln.api.errors import client_disconnected
 from modelkiln.api.services import Services
 
@@ -62,6 +63,8 @@ class _Endpoint:
 
     async def dispatch(self, request: Request, request_id: str) -> Response:
         if request.method == "POST" and request.url.path == "/" and "x-amz-target" in request.headers:
+            if request.headers["x-amz-target"].startswith(kiln_api.TARGET_PREFIX):
+                return await kiln_api.handle(request, self.services, request_id)
             return await sagemaker.handle(request, self.services, request_id)
         if request.url.path.startswith(kiln_routes.PREFIX):
             return await kiln_routes.handle(request, self.services, request_id)

@@ -30,10 +30,10 @@ Operation = Callable[[Services, Principal, Any], dict[str, Any]]
 
 async def handle(request: Request, services: Services, request_id: str) -> Response:
     try:
-        body = await _read_limited(request, services.max_json_body)
+        body = await read_limited(request, services.max_json_body)
         verified = await verify(request, services, "sagemaker", body)
         operation = _operation(request.headers["x-amz-target"])
-        params = _params(body)
+        params = parse_params(body)
         result = await run_in_threadpool(operation, services, verified.principal, params)
     except ClientDisconnect:
         raise  # no one left to answer: app.py logs it
@@ -42,7 +42,7 @@ async def handle(request: Request, services: Services, request_id: str) -> Respo
     return Response(json.dumps(result), 200, media_type=JSON_CONTENT_TYPE, headers={"x-amzn-RequestId": request_id})
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
+async def read_limited(request: Request, limit: int) -> bytes:
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -60,7 +60,7 @@ def _operation(target: str) -> Operation:
     return OPERATIONS[name]
 
 
-def _params(body: bytes) -> Any:
+def parse_params(body: bytes) -> Any:
     try:
         params = json.loads(body or b"{}")
         _check_text(params, "")

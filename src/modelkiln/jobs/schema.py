@@ -85,3 +85,50 @@ logs = sa.Table(
     sa.Column("time", time_type(), nullable=False),
     sa.Column("line", sa.Text(), nullable=False),
 )
+
+# ---- devices and the jobs that run on them (modelkiln.devices) -------------------------------------------
+
+DEVICE_JOB_STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED")
+
+# A device an account's agent registered: what it is, and when it last asked for work.
+devices = sa.Table(
+    "devices", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("account_id", sa.String(12), nullable=False),
+    sa.Column("name", name_type(63), nullable=False),
+    sa.Column("name_key", name_type(63), nullable=False),
+    sa.Column("region", sa.String(32), nullable=False),
+    sa.Column("device_type", sa.String(64), nullable=False, server_default=""),
+    sa.Column("facts", sa.JSON(), nullable=False),  # arch, CPU, memory, OS, Python, runtimes, emulated
+    sa.Column("registered_time", time_type(), nullable=False),
+    sa.Column("last_seen_time", time_type(), nullable=False),
+    sa.UniqueConstraint("account_id", "name_key"),
+    sqlite_autoincrement=True,
+)
+
+# Profile and inference jobs: queued for one device, claimed by its agent with a lease it renews.
+device_jobs = sa.Table(
+    "device_jobs", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("account_id", sa.String(12), nullable=False),
+    sa.Column("name", name_type(63), nullable=False),
+    sa.Column("name_key", name_type(63), nullable=False),
+    sa.Column("region", sa.String(32), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(10), nullable=False),
+    sa.Column("device_name", name_type(63), nullable=False),
+    sa.Column("request", sa.JSON(), nullable=False),  # model, inputs, outputs, runs
+    sa.Column("result", sa.JSON(none_as_null=True)),
+    sa.Column("failure_reason", sa.Text(), nullable=False, server_default=""),
+    sa.Column("creation_time", time_type(), nullable=False),
+    sa.Column("last_modified_time", time_type(), nullable=False),
+    sa.Column("start_time", time_type()),
+    sa.Column("end_time", time_type()),
+    sa.Column("pending_deadline", time_type(), nullable=False),
+    sa.Column("lease_expires", time_type()),
+    sa.UniqueConstraint("account_id", "name_key"),
+    sa.CheckConstraint("status IN (" + ", ".join(f"'{s}'" for s in DEVICE_JOB_STATUSES) + ")", name="status"),
+    sa.Index("ix_device_jobs_account_created", "account_id", "creation_time", "id"),
+    sa.Index("ix_device_jobs_device_status", "account_id", "device_name", "status"),  # an agent's poll
+    sqlite_autoincrement=True,
+)

@@ -59,7 +59,11 @@ def input_shape(operation: str) -> StructureShape:
 
 def validate_input(operation: str, params: Any) -> None:
     """Check params against the operation's input shape; ValidationError names the dotted member path."""
-    shape = input_shape(operation)
+    check_shape(input_shape(operation), params, operation)
+
+
+def check_shape(shape: StructureShape, params: Any, operation: str) -> None:
+    """Check params against a request shape of any botocore service model (Kiln's own too)."""
     if not isinstance(params, dict):
         raise ValidationError(operation, "the request body must be a JSON object")
     _check(shape, params, "")

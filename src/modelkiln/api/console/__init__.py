@@ -10,7 +10,7 @@
     POST /console/jobs/NAME/stop, /delete
     GET  /console/jobs/NAME/artifact, /report.json     downloads, read as the signed-in account
     GET  /console/static/...            the console's CSS and JavaScript, from this package
-(The navigation, and where devices and profile jobs will join it, is nav.py.)
+(The navigation is nav.py; the device pages are devices.py.)
 
 A browser never signs with SigV4, so a request under /console/ that carries a SigV4 signature (an
 Authorization header or a presigned query) is S3's, not the console's: a bucket named "console" stays usable.
@@ -89,7 +89,8 @@ def routes(c: Console) -> list[Route | Mount]:
         Route("/console/jobs/{name}/delete", c.delete_job, methods=post),
         Route("/console/jobs/{name}/artifact", c.artifact, methods=get),
         Route("/console/jobs/{name}/report.json", c.report_json, methods=get),
-        # devices and profile jobs: their routes go here (see nav.py)
+        Route("/console/devices", c.devices, methods=get),
+        Route("/console/device-jobs/{name}", c.device_job, methods=get),
         Mount("/console/static", StaticFiles(directory=STATIC), name="static"),
     ]
 

@@ -24,8 +24,8 @@ from starlette.responses import JSONResponse, RedirectResponse, Response, Stream
 from starlette.templating import Jinja2Templates
 
 from modelkiln.api import sagemaker
-from modelkiln.api.console import artifacts, forms, listing, pages
-from modelkiln.api.console.nav import sections_for
+from modelkiln.api.console import artifacts, devices, forms, listing, pages
+from modelkiln.api.console.nav import SECTIONS
 from modelkiln.api.console.sessions import (
     COOKIE, COOKIE_PATH, SIGN_IN_COOKIE, SIGN_IN_LIFETIME_S, Session, SessionBook, SignInFailed,
 )
@@ -62,7 +62,7 @@ class Console:
     def render(self, request: Request, template: str, session: Session | None, status: int = 200,
                **context: Any) -> Response:
         context = {"session": session, "csrf": self.book.csrf_token(session) if session else "",
-                   "nav": sections_for(self.services), "active": "", **context}
+                   "nav": SECTIONS, "active": "", **context}
         return self.templates.TemplateResponse(request, template, context, status_code=status)
 
     async def session_of(self, request: Request) -> Session | None:
@@ -225,6 +225,12 @@ class Console:
         session = await self.signed_in(request)
         job = await self.job_of(session, request.path_params["name"])
         return await self.job_page(request, session, job)
+
+    async def devices(self, request: Request) -> Response:
+        return await devices.devices_page(self, request)
+
+    async def device_job(self, request: Request) -> Response:
+        return await devices.device_job_page(self, request)
 
     async def log_of(self, session: Session, job: Job) -> list[tuple[float, str]]:
         try:

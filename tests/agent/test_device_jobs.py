@@ -1,0 +1,296 @@
+"""Devices, profile jobs and inference jobs end to end: a real `kiln serve`, a real `kiln agent` on this host
+and another in the arm64 CPython under qemu-user, boto3 calling Kiln's own service model, `kiln profile`."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelkiln.devices.validation import DATA_PATH
+from modelkiln.runtime import Model
+from tests.api.kiln_server import KILN, Account, KilnServer
+from tests.conftest import compile_cnn
+from tests.console.test_console import browser  # noqa: F401 - the headless Chromium fixture
+
+LEASE_S = 6  # the server's device lease here: a killed agent's job fails within seconds
+CROSS = Path(sys.executable).parents[1] / "share" / "kiln" / "cross" / "aarch64-root"
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+@pytest.fixture(scope="module")
+def kiln(tmp_path_factory):
+    data = tmp_path_factory.mktemp("kiln-devices")
+    (data / "kiln.toml").write_text(f"device_lease_s = {LEASE_S}\nworkers = 1\n")
+    server = KilnServer(data)
+    owner, other = server.create_account(), server.create_account()
+    server.start()
+    yield server, owner, other
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def artifacts(models, tmp_path_factory, kiln):
+    """The small CNN compiled for ml_c5 (onnxruntime, openvino) and rasp4b (onnxruntime), in the owner's bucket."""
+    server, owner, _ = kiln
+    s3 = server.client("s3", owner)
+    s3.create_bucket(Bucket="dev")
+    uris = {}
+    for key, target, backend in (("x86-ort", "ml_c5", "onnxruntime"), ("x86-ov", "ml_c5", "openvino"),
+                                 ("arm-ort", "rasp4b", "onnxruntime")):
+        out = tmp_path_factory.mktemp(key)
+        compile_cnn(models, out, target_device=target, compiler_options=json.dumps({"kiln-backend": backend}))
+        s3.upload_file(str(out / "model.tar.gz"), "dev", f"{key}.tar.gz")
+        uris[key] = (f"s3://dev/{key}.tar.gz", out / "model.tar.gz")
+    return uris
+
+
+def agent_command(name: str, device_type: str, emulated: bool) -> tuple[list[str], dict[str, str]]:
+    if not emulated:
+        return [KILN, "agent", "--device-name", name, "--device-type", device_type, "--wait-s", "2"], {}
+    python = CROSS / "usr" / "bin" / "python3.11"
+    # the runtime and agent sources alone (no compiler packages), with the arm64 numpy and onnxruntime
+    return (["qemu-aarch64-static", "-L", str(CROSS), str(python), "-m", "modelkiln.agent.cli", "agent",
+             "--device-name", name, "--device-type", device_type, "--wait-s", "2"],
+            {"PYTHONPATH": f"{SRC}:{CROSS / 'site'}"})
+
+
+class Agent:
+    def __init__(self, server: KilnServer, account: Account, name: str, device_type: str, log: Path,
+                 emulated: bool = False) -> None:
+        cmd, extra = agent_command(name, device_type, emulated)
+        self.log = log
+        self.proc = subprocess.Popen(cmd, env={**account.env(server.endpoint), **extra},
+                                     stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while b"waiting for jobs" not in log.read_bytes():
+            assert self.proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+
+    def children(self) -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.proc.pid:
+                found.append(int(stat.parent.name))
+        return found
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def agents(kiln, tmp_path_factory):
+    server, owner, _ = kiln
+    logs = tmp_path_factory.mktemp("agents")
+    x86 = Agent(server, owner, "bench-x86", "ml_c5", logs / "x86.log")
+    arm = Agent(server, owner, "pi-emulated", "rasp4b", logs / "arm.log", emulated=True)
+    yield {"x86": x86, "arm": arm}
+    x86.stop()
+    arm.stop()
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie (an orphan's zombie waits for an init that may never reap it in a container)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def kiln_client(server: KilnServer, account: Account, monkeypatch):
+    """boto3 for Kiln's own operations (a new session reads AWS_DATA_PATH, where Kiln's service model lies);
+    boto3's own parameter checks are off, so the server's are what is tested."""
+    import boto3
+    from botocore.config import Config
+    monkeypatch.setenv("AWS_DATA_PATH", str(DATA_PATH))
+    return boto3.Session().client("kiln", endpoint_url=server.endpoint, region_name="us-east-1",
+                                  aws_access_key_id=account.access_key_id,
+                                  aws_secret_access_key=account.secret_access_key,
+                                  config=Config(retries={"max_attempts": 1}, parameter_validation=False))
+
+
+def cli(server: KilnServer, account: Account, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([KILN, *args, "--endpoint", server.endpoint], env=account.env(server.endpoint),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_devices_are_listed_with_their_facts_and_only_to_their_account(kiln, agents, monkeypatch):
+    server, owner, other = kiln
+    devices = {d["DeviceName"]: d for d in kiln_client(server, owner, monkeypatch).list_devices()["Devices"]}
+    assert set(devices) == {"bench-x86", "pi-emulated"}
+    x86, arm = devices["bench-x86"], devices["pi-emulated"]
+    assert x86["Status"] == arm["Status"] == "ONLINE"
+    assert x86["Facts"]["Arch"] == "x86_64" and x86["Facts"]["Emulated"] is False
+    assert arm["Facts"]["Arch"] == "aarch64" and arm["Facts"]["Emulated"] is True
+    assert "qemu-user" in arm["Facts"]["EmulatedBy"]
+    assert "onnxruntime" in arm["Facts"]["Runtimes"] and "numpy" in x86["Facts"]["Runtimes"]
+    assert arm["DeviceType"] == "rasp4b"
+    text = cli(server, owner, "devices")
+    assert text.returncode == 0 and "pi-emulated" in text.stdout and "(emulated)" in text.stdout, text.stderr
+    assert kiln_client(server, other, monkeypatch).list_devices()["Devices"] == []
+
+
+@pytest.mark.parametrize("device,artifact,backend", [("bench-x86", "x86-ort", "onnxruntime"),
+                                                     ("bench-x86", "x86-ov", "openvino"),
+                                                     ("pi-emulated", "arm-ort", "onnxruntime")])
+def test_profile_job_measures_the_artifact_on_the_device(kiln, agents, artifacts, device, artifact, backend):
+    server, owner, _ = kiln
+    done = cli(server, owner, "profile", "--model", artifacts[artifact][0], "--device", device, "--runs", "30",
+               "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = json.loads(done.stdout)
+    assert job["Status"] == "COMPLETED" and job["Kind"] == "PROFILE"
+    profile = job["Profile"]
+    assert profile["Backend"] == backend and profile["Runs"] == 30
+    lat = profile["Latency"]
+    assert 0 < lat["MinMs"] <= lat["P50Ms"] <= lat["P90Ms"] <= lat["P99Ms"] <= lat["MaxMs"]
+    assert profile["ColdLoadMs"] > profile["WarmLoadMs"] > 0  # the cold load imports the backend
+    assert profile["PeakMemoryBytes"] > 20 * 2**20
+    assert profile["Emulated"] is (device == "pi-emulated")
+    layers = profile["Layers"]
+    assert layers and all(x["Ms"] >= 0 for x in layers) and layers[0]["Ms"] == max(x["Ms"] for x in layers)
+    assert abs(sum(x["Share"] for x in layers) - 1) < 0.01
+    assert any("Conv" in x["OpType"] for x in layers), layers
+
+
+@pytest.mark.parametrize("device,artifact", [("bench-x86", "x86-ort"), ("pi-emulated", "arm-ort")])
+def test_inference_job_returns_the_artifacts_outputs(kiln, agents, artifacts, tmp_path, device, artifact):
+    server, owner, _ = kiln
+    s3 = server.client("s3", owner)
+    x = np.random.default_rng(3).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", data=x)
+    s3.upload_file(str(tmp_path / "in.npz"), "dev", f"in-{device}.npz")
+    done = cli(server, owner, "infer", "--model", artifacts[artifact][0], "--device", device,
+               "--inputs", f"s3://dev/in-{device}.npz", "--outputs", f"s3://dev/out-{device}.npz", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = json.loads(done.stdout)
+    assert job["Inference"]["Outputs"][0]["Name"] == "prob" and job["Inference"]["Emulated"] is (device == "pi-emulated")
+    s3.download_file("dev", f"out-{device}.npz", str(tmp_path / "out.npz"))
+    got = np.load(tmp_path / "out.npz")["prob"]
+    expected = Model(artifacts["x86-ort"][1]).run(x)[0]  # the same model compiled for this host
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_requests_name_the_field_and_other_accounts_see_nothing(kiln, agents, artifacts, monkeypatch):
+    from botocore.exceptions import ClientError
+    server, owner, other = kiln
+    mine, theirs = kiln_client(server, owner, monkeypatch), kiln_client(server, other, monkeypatch)
+    model = artifacts["x86-ort"][0]
+    cases = [(mine, {"JobName": "bad-runs", "DeviceName": "bench-x86", "ModelS3Uri": model, "Runs": 0},
+              "ValidationException", "Runs"),
+             (mine, {"JobName": "no-model", "DeviceName": "bench-x86", "ModelS3Uri": "s3://dev/missing.tar.gz"},
+              "ValidationException", "ModelS3Uri"),
+             (mine, {"JobName": "no-device", "DeviceName": "nowhere", "ModelS3Uri": model},
+              "ResourceNotFound", "nowhere"),
+             (theirs, {"JobName": "not-yours", "DeviceName": "bench-x86", "ModelS3Uri": model},
+              "ValidationException", "ModelS3Uri")]  # their model is not readable to the other account
+    for client, request, code, named in cases:
+        with pytest.raises(ClientError) as info:
+            client.create_profile_job(**request)
+        assert info.value.response["Error"]["Code"] == code and named in info.value.response["Error"]["Message"]
+    mine.create_profile_job(JobName="mine-only", DeviceName="bench-x86", ModelS3Uri=model, Runs=1)
+    with pytest.raises(ClientError) as info:
+        theirs.describe_device_job(JobName="mine-only")
+    assert info.value.response["Error"]["Code"] == "ResourceNotFound"
+    with pytest.raises(ClientError) as info:  # another account's agent cannot take or report this device's work
+        theirs.poll_device_work(DeviceName="bench-x86", WaitSeconds=0)
+    assert info.value.response["Error"]["Code"] == "ResourceNotFound"
+
+
+def test_a_killed_agent_fails_its_job_with_the_reason_and_leaves_no_process(kiln, artifacts, tmp_path, monkeypatch):
+    server, owner, _ = kiln
+    client = kiln_client(server, owner, monkeypatch)
+    victim = Agent(server, owner, "victim", "ml_c5", tmp_path / "victim.log")
+    try:
+        client.create_profile_job(JobName="killed-mid-job", DeviceName="victim",
+                                  ModelS3Uri=artifacts["x86-ov"][0], Runs=10000)
+        deadline = time.monotonic() + 60
+        while not victim.children() or client.describe_device_job(JobName="killed-mid-job")["Status"] != "RUNNING":
+            assert time.monotonic() < deadline, victim.log.read_text()
+            time.sleep(0.2)
+        children = victim.children()
+        os.kill(victim.proc.pid, signal.SIGKILL)  # the agent alone: its child must die with it
+        victim.proc.wait()
+        time.sleep(1)
+        assert not [pid for pid in children if alive(pid)], "the job's process outlived its agent"
+        deadline = time.monotonic() + LEASE_S + 10
+        while (job := client.describe_device_job(JobName="killed-mid-job"))["Status"] == "RUNNING":
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert job["Status"] == "FAILED"
+        assert "device victim stopped reporting" in job["FailureReason"] and "detected at" in job["FailureReason"]
+    finally:
+        victim.stop()
+
+
+def test_a_stopped_agent_reports_its_job_failed_at_once(kiln, artifacts, tmp_path, monkeypatch):
+    server, owner, _ = kiln
+    client = kiln_client(server, owner, monkeypatch)
+    agent = Agent(server, owner, "stopping", "ml_c5", tmp_path / "stopping.log")
+    try:
+        client.create_profile_job(JobName="agent-stopped", DeviceName="stopping",
+                                  ModelS3Uri=artifacts["x86-ov"][0], Runs=10000)
+        deadline = time.monotonic() + 60
+        while client.describe_device_job(JobName="agent-stopped")["Status"] != "RUNNING":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        agent.proc.send_signal(signal.SIGTERM)
+        assert agent.proc.wait(30) != 0
+        job = client.describe_device_job(JobName="agent-stopped")
+        assert job["Status"] == "FAILED" and "was stopped while running the job" in job["FailureReason"]
+    finally:
+        agent.stop()
+
+
+def test_a_job_no_agent_claims_fails_at_its_deadline(kiln, artifacts, monkeypatch):
+    server, owner, _ = kiln
+    client = kiln_client(server, owner, monkeypatch)
+    client.register_device(DeviceName="switched-off", Facts={"Arch": "aarch64"})
+    client.create_profile_job(JobName="never-claimed", DeviceName="switched-off",
+                              ModelS3Uri=artifacts["x86-ort"][0], MaxPendingSeconds=10)
+    time.sleep(11)
+    job = client.describe_device_job(JobName="never-claimed")
+    assert job["Status"] == "FAILED" and "did not ask for work within 10 s" in job["FailureReason"]
+    assert "kiln agent --device-name switched-off" in job["FailureReason"]
+
+
+def test_the_console_shows_devices_and_a_profile_with_its_charts_to_their_account_only(
+        kiln, agents, artifacts, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    from tests.console.test_console import Site, shot, signed_in
+    server, owner, other = kiln
+    done = cli(server, owner, "profile", "--model", artifacts["x86-ort"][0], "--device", "bench-x86", "--runs", "20",
+               "--name", "console-profile")
+    assert done.returncode == 0, done.stdout + done.stderr
+    site = Site(server, owner, other, tmp_path)
+    context, page = signed_in(browser, site, owner)
+    page.click("header nav a:has-text('Devices')")
+    expect(page.locator("tr[data-device=pi-emulated]")).to_contain_text("(emulated)")
+    expect(page.locator("tr[data-device=bench-x86]")).to_contain_text("ONLINE")
+    shot(page, site, "devices")
+    page.click("a:has-text('console-profile')")
+    expect(page.locator("#job-status")).to_have_text("COMPLETED")
+    assert page.locator("#latency-chart rect").count() == 5  # min, p50, p90, p99, max
+    assert page.locator("#layer-chart rect").count() >= 2
+    expect(page.locator("#profile")).to_contain_text("Cold load")
+    shot(page, site, "profile")
+    context.close()
+    context, page = signed_in(browser, site, other)
+    page.goto(site.url("/console/devices"))
+    expect(page.locator("#no-devices")).to_be_visible()
+    response = page.goto(site.url("/console/device-jobs/console-profile"))
+    assert response is not None and response.status == 404
+    context.close()
