@@ -243,3 +243,14 @@ def moto_endpoint():
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(scope="session")
+def runtime_wheel(tmp_path_factory) -> Path:
+    """The modelkiln-runtime wheel, built as `make runtime-wheel` builds it (into a temp folder)."""
+    tmp = tmp_path_factory.mktemp("runtime-wheel")
+    script = Path(__file__).parents[1] / "scripts" / "build_runtime_wheel.py"
+    done = subprocess.run([sys.executable, str(script), "--dist", str(tmp / "dist"), "--build", str(tmp / "build")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return Path(done.stdout.strip().splitlines()[-1])

@@ -1,5 +1,6 @@
 """Devices, profile jobs and inference jobs end to end: a real `kiln serve`, a real `kiln agent` on this host
-and another in the arm64 CPython under qemu-user, boto3 calling Kiln's own service model, `kiln profile`."""
+and another, installed from the modelkiln-runtime wheel alone, in the arm64 CPython under qemu-user; boto3
+calling Kiln's own service model; `kiln profile`, `kiln infer`, `kiln devices`; the console's device pages."""
 from __future__ import annotations
 
 import json
@@ -21,7 +22,6 @@ from tests.console.test_console import browser  # noqa: F401 - the headless Chro
 
 LEASE_S = 6  # the server's device lease here: a killed agent's job fails within seconds
 CROSS = Path(sys.executable).parents[1] / "share" / "kiln" / "cross" / "aarch64-root"
-SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 @pytest.fixture(scope="module")
@@ -51,20 +51,30 @@ def artifacts(models, tmp_path_factory, kiln):
     return uris
 
 
-def agent_command(name: str, device_type: str, emulated: bool) -> tuple[list[str], dict[str, str]]:
-    if not emulated:
+@pytest.fixture(scope="module")
+def device_site(runtime_wheel, tmp_path_factory) -> Path:
+    """The modelkiln-runtime wheel installed for the arm64 Python: the runtime and the agent, nothing else of Kiln."""
+    site = tmp_path_factory.mktemp("arm64-site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target",
+                    str(site), str(runtime_wheel)], check=True, timeout=300)
+    assert not (site / "modelkiln" / "compiler").exists() and not (site / "modelkiln" / "__init__.py").exists()
+    return site
+
+
+def agent_command(name: str, device_type: str, site: Path | None) -> tuple[list[str], dict[str, str]]:
+    """This host's `kiln agent`, or (with the wheel's site) the installed one in the arm64 Python under qemu."""
+    if site is None:
         return [KILN, "agent", "--device-name", name, "--device-type", device_type, "--wait-s", "2"], {}
     python = CROSS / "usr" / "bin" / "python3.11"
-    # the runtime and agent sources alone (no compiler packages), with the arm64 numpy and onnxruntime
     return (["qemu-aarch64-static", "-L", str(CROSS), str(python), "-m", "modelkiln.agent.cli", "agent",
              "--device-name", name, "--device-type", device_type, "--wait-s", "2"],
-            {"PYTHONPATH": f"{SRC}:{CROSS / 'site'}"})
+            {"PYTHONPATH": f"{site}:{CROSS / 'site'}", "PYTHONNOUSERSITE": "1"})
 
 
 class Agent:
     def __init__(self, server: KilnServer, account: Account, name: str, device_type: str, log: Path,
-                 emulated: bool = False) -> None:
-        cmd, extra = agent_command(name, device_type, emulated)
+                 site: Path | None = None) -> None:
+        cmd, extra = agent_command(name, device_type, site)
         self.log = log
         self.proc = subprocess.Popen(cmd, env={**account.env(server.endpoint), **extra},
                                      stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -91,11 +101,11 @@ class Agent:
 
 
 @pytest.fixture(scope="module")
-def agents(kiln, tmp_path_factory):
+def agents(kiln, device_site, tmp_path_factory):
     server, owner, _ = kiln
     logs = tmp_path_factory.mktemp("agents")
     x86 = Agent(server, owner, "bench-x86", "ml_c5", logs / "x86.log")
-    arm = Agent(server, owner, "pi-emulated", "rasp4b", logs / "arm.log", emulated=True)
+    arm = Agent(server, owner, "pi-emulated", "rasp4b", logs / "arm.log", site=device_site)
     yield {"x86": x86, "arm": arm}
     x86.stop()
     arm.stop()

@@ -13,7 +13,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import modelkiln
 from modelkiln.compiler import emulation
@@ -36,17 +35,6 @@ from modelkiln.runtime import Model
 model = Model(sys.argv[1], threads=1)
 np.save(sys.argv[3], model.run(np.load(sys.argv[2]))[0])
 """
-
-
-@pytest.fixture(scope="session")
-def runtime_wheel(tmp_path_factory) -> Path:
-    """The wheel, built as `make runtime-wheel` builds it (into a temp folder)."""
-    tmp = tmp_path_factory.mktemp("runtime-wheel")
-    script = ROOT / "scripts" / "build_runtime_wheel.py"
-    done = subprocess.run([sys.executable, str(script), "--dist", str(tmp / "dist"), "--build", str(tmp / "build")],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return Path(done.stdout.strip().splitlines()[-1])
 
 
 def test_wheel_holds_the_runtime_and_agent_but_not_the_server(runtime_wheel):
