@@ -22,7 +22,8 @@ ALLOWED = {
     # the device agent ships with the runtime (modelkiln-runtime): stdlib, and the runtime in its children
     "agent": {"agent", "runtime"},
     # executor fetches models and writes artifacts through the object store the API serves
-    "executor": {"executor", "jobs", "compiler", "storage"},
+    # and queues kiln-profile-on's profile jobs for the account's device
+    "executor": {"executor", "jobs", "compiler", "storage", "devices"},
 }
 
 

@@ -75,7 +75,7 @@ class Agent:
     def __init__(self, server: KilnServer, account: Account, name: str, device_type: str, log: Path,
                  site: Path | None = None) -> None:
         cmd, extra = agent_command(name, device_type, site)
-        self.log = log
+        self.name, self.log = name, log
         self.proc = subprocess.Popen(cmd, env={**account.env(server.endpoint), **extra},
                                      stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 120
@@ -219,17 +219,21 @@ def test_bad_requests_name_the_field_and_other_accounts_see_nothing(kiln, agents
     assert info.value.response["Error"]["Code"] == "ResourceNotFound"
 
 
+def start_long_profile(client, agent: Agent, job: str, model: str) -> None:
+    """A profile job of 10,000 runs on agent's device, returned once its child process runs it."""
+    client.create_profile_job(JobName=job, DeviceName=agent.name, ModelS3Uri=model, Runs=10000)
+    deadline = time.monotonic() + 60
+    while not agent.children() or client.describe_device_job(JobName=job)["Status"] != "RUNNING":
+        assert time.monotonic() < deadline, agent.log.read_text()
+        time.sleep(0.2)
+
+
 def test_a_killed_agent_fails_its_job_with_the_reason_and_leaves_no_process(kiln, artifacts, tmp_path, monkeypatch):
     server, owner, _ = kiln
     client = kiln_client(server, owner, monkeypatch)
     victim = Agent(server, owner, "victim", "ml_c5", tmp_path / "victim.log")
     try:
-        client.create_profile_job(JobName="killed-mid-job", DeviceName="victim",
-                                  ModelS3Uri=artifacts["x86-ov"][0], Runs=10000)
-        deadline = time.monotonic() + 60
-        while not victim.children() or client.describe_device_job(JobName="killed-mid-job")["Status"] != "RUNNING":
-            assert time.monotonic() < deadline, victim.log.read_text()
-            time.sleep(0.2)
+        start_long_profile(client, victim, "killed-mid-job", artifacts["x86-ov"][0])
         children = victim.children()
         os.kill(victim.proc.pid, signal.SIGKILL)  # the agent alone: its child must die with it
         victim.proc.wait()
@@ -250,12 +254,7 @@ def test_a_stopped_agent_reports_its_job_failed_at_once(kiln, artifacts, tmp_pat
     client = kiln_client(server, owner, monkeypatch)
     agent = Agent(server, owner, "stopping", "ml_c5", tmp_path / "stopping.log")
     try:
-        client.create_profile_job(JobName="agent-stopped", DeviceName="stopping",
-                                  ModelS3Uri=artifacts["x86-ov"][0], Runs=10000)
-        deadline = time.monotonic() + 60
-        while client.describe_device_job(JobName="agent-stopped")["Status"] != "RUNNING":
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        start_long_profile(client, agent, "agent-stopped", artifacts["x86-ov"][0])
         agent.proc.send_signal(signal.SIGTERM)
         assert agent.proc.wait(30) != 0
         job = client.describe_device_job(JobName="agent-stopped")
@@ -304,3 +303,43 @@ def test_the_console_shows_devices_and_a_profile_with_its_charts_to_their_accoun
     response = page.goto(site.url("/console/device-jobs/console-profile"))
     assert response is not None and response.status == 404
     context.close()
+
+
+def test_kiln_profile_on_ships_the_candidate_the_device_timed_fastest(kiln, agents, artifacts, models, monkeypatch,
+                                                                      tmp_path):
+    import tarfile
+
+    from tests.api.kiln_server import job_request, wait_for_job
+    server, owner, _ = kiln
+    s3, sagemaker = server.client("s3", owner), server.client("sagemaker", owner)
+    s3.upload_file(str(models / "cnn_onnx.tar.gz"), "dev", "src/cnn.tar.gz")
+    with pytest.raises(sagemaker.exceptions.ClientError) as info:
+        sagemaker.create_compilation_job(**job_request(owner, "on-nowhere", "s3://dev/src/cnn.tar.gz",
+                                                       output="s3://dev/out/", options='{"kiln-profile-on": "nowhere"}'))
+    assert "kiln-profile-on" in info.value.response["Error"]["Message"]
+    sagemaker.create_compilation_job(**job_request(owner, "on-device", "s3://dev/src/cnn.tar.gz",
+                                                   output="s3://dev/out/", options='{"kiln-profile-on": "bench-x86"}'))
+    job = wait_for_job(sagemaker, "on-device", timeout_s=300)
+    assert job["CompilationJobStatus"] == "COMPLETED", job.get("FailureReason")
+    s3.download_file("dev", "out/cnn-ml_c5.tar.gz", str(tmp_path / "model.tar.gz"))
+    with tarfile.open(tmp_path / "model.tar.gz") as tar:
+        report = json.load(tar.extractfile("report.json"))
+    profiles = report["device_profiles"]
+    assert len(profiles) >= 2 and {p["device"] for p in profiles} == {"bench-x86"}
+    timed = {p["candidate"]: p["p50_ms"] for p in profiles if p["p50_ms"] is not None}
+    assert report["selected"] == min(timed, key=timed.get)
+    assert report["selection"].startswith("fastest median latency on device bench-x86")
+    assert [c["name"] for c in report["candidates"] if c["status"] == "selected"] == [report["selected"]]
+    listed = kiln_client(server, owner, monkeypatch).list_device_jobs(DeviceName="bench-x86")["DeviceJobs"]
+    assert {p["profile_job"] for p in profiles} <= {j["JobName"] for j in listed}
+    assert Model(tmp_path / "model.tar.gz").backend in report["selected"]
+
+
+def test_kiln_compile_refuses_kiln_profile_on_naming_the_field(models, tmp_path):
+    from modelkiln.errors import ValidationError
+    with pytest.raises(ValidationError) as info:
+        compile_cnn(models, tmp_path, target_device="ml_c5", compiler_options='{"kiln-profile-on": "lab-pi-1"}')
+    assert info.value.field.endswith("kiln-profile-on") and "kiln profile" in info.value.message
+    with pytest.raises(ValidationError) as info:
+        compile_cnn(models, tmp_path, target_device="ml_c5", compiler_options='{"kiln-profile-on": "no spaces"}')
+    assert info.value.field.endswith("kiln-profile-on")

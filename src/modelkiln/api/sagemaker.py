@@ -18,6 +18,7 @@ from modelkiln.api.errors import JSON_CONTENT_TYPE, UnknownOperation, json_error
 from modelkiln.api.services import Services
 from modelkiln.api.signing import verify
 from modelkiln.auth import Principal
+from modelkiln.devices.errors import DeviceNotFound
 from modelkiln.errors import ValidationError
 from modelkiln.jobs import validation
 from modelkiln.jobs.errors import JobNotFound
@@ -115,6 +116,14 @@ def _check_locations(services: Services, account_id: str, request: validation.Cr
         except StorageError as exc:
             raise ValidationError(field, f"cannot read {request.options.calibration}: {exc.message} "
                                          "Upload the .npz there first.")
+    if request.options.profile_on:  # its agent times the candidates: it must be the caller's device
+        try:
+            services.devices.get_device(account_id, request.options.profile_on)
+        except DeviceNotFound:
+            raise ValidationError("OutputConfig.CompilerOptions.kiln-profile-on",
+                                  f"your account has no device {request.options.profile_on}: start `kiln agent "
+                                  f"--device-name {request.options.profile_on}` on it first (`kiln devices` lists "
+                                  "yours)") from None
     output = request.output.location
     try:
         services.objects.head_bucket(account_id, output.bucket)

@@ -49,6 +49,9 @@ class CompileJob:
     compiler_options: str | None = None
     framework_version: str | None = None  # InputConfig.FrameworkVersion, checked against what Kiln can read
     calibration: Path | None = None  # the .npz CompilerOptions kiln-calibration names, fetched by the caller
+    # kiln-profile-on: every verified candidate is also packaged here (CANDIDATES_DIR/<key>/model.tar.gz), for
+    # the service to time on the device; `kiln compile` has no devices and leaves it None
+    candidates_dir: Path | None = None
 
 
 def validate(job: CompileJob) -> tuple[Target, CompilerOptions]:
@@ -62,6 +65,10 @@ def validate(job: CompileJob) -> tuple[Target, CompilerOptions]:
     if options.calibration and job.calibration is None:
         raise ValidationError(f"{OPTIONS_FIELD}.kiln-calibration", "names an S3 object, which the Kiln service fetches; "
                               "`kiln compile` reads a local file: give it with --calibration FILE")
+    if options.profile_on and job.candidates_dir is None:
+        raise ValidationError(f"{OPTIONS_FIELD}.kiln-profile-on", "names a device registered with a Kiln server, "
+                              "which times the candidates there; `kiln compile` has none: compile through the "
+                              "service, or time the artifact on the device with `kiln profile`")
     target = resolve(options, device=job.target_device, platform_=job.target_platform)
     return target, options
 
@@ -90,7 +97,7 @@ def compile_job(job: CompileJob, progress: Progress = lambda stage, msg: None) -
                 ctx.precision_data = calibration.prepare(model, model_dir, job.calibration, options.calibration or "")
         with _stage("compile", stages, progress, f"{len(candidates)} candidate(s) for {target.name}"):
             for cand in candidates:
-                if not native and any(c.check and c.check.ran for c in candidates):
+                if not native and not job.candidates_dir and any(c.check and c.check.ran for c in candidates):
                     cand.status, cand.reason = "not tried", "an earlier backend in the catalog's order verified"
                     continue
                 _try_candidate(ctx, cand, work / cand.key)
@@ -111,9 +118,19 @@ def compile_job(job: CompileJob, progress: Progress = lambda stage, msg: None) -
             meta = json.loads((work / winner.key / "compiled.meta").read_text())
             artifact, digest = write_artifact(work / winner.key, meta["Backend"]["Files"], meta,
                                               report.to_json(), job.output_dir)
+            if job.candidates_dir:
+                _write_candidates(work, candidates, report, job.candidates_dir)
         report.artifact, report.artifact_sha256 = str(artifact), digest
         (job.output_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2))
     return report
+
+
+def _write_candidates(work: Path, candidates: list[Candidate], report: Report, folder: Path) -> None:
+    """Every verified candidate as an artifact of its own (kiln-profile-on: the device picks among them)."""
+    for cand in candidates:
+        if cand.status in ("passed", "selected"):
+            meta = json.loads((work / cand.key / "compiled.meta").read_text())
+            write_artifact(work / cand.key, meta["Backend"]["Files"], meta, report.to_json(), folder / cand.key)
 
 
 def _compile_coreml(job: CompileJob, target: Target, options: CompilerOptions, stages: dict[str, float],

@@ -28,7 +28,8 @@ def run(spec: JobSpec) -> dict[str, Any]:
                    data_input_config=spec.data_input_config, framework_version=spec.framework_version,
                    target_device=spec.target_device,
                    target_platform=spec.target_platform, compiler_options=spec.compiler_options,
-                   calibration=Path(spec.calibration_path) if spec.calibration_path else None),
+                   calibration=Path(spec.calibration_path) if spec.calibration_path else None,
+                   candidates_dir=Path(spec.candidates_dir) if spec.candidates_dir else None),
         progress=lambda stage, message: _say(f"{stage}: {message}"),
     )
     derived = {i["name"]: i["shape"] for i in report.inputs}

@@ -26,7 +26,8 @@ from typing import TypeVar
 
 from modelkiln.errors import CompilationError, KilnError, failure_reason
 from modelkiln.literal import parse_literal
-from modelkiln.executor import sandbox, scratch
+from modelkiln.devices.store import DeviceStore
+from modelkiln.executor import on_device, sandbox, scratch
 from modelkiln.executor.spec import JobSpec, artifact_name
 from modelkiln.jobs.errors import JobError, LeaseLost, StatusConflict
 from modelkiln.jobs.model import COMPLETED, FAILED, INPROGRESS, STOPPED, STOPPING, Job
@@ -130,7 +131,7 @@ class _Supervisor:
         model = self._download(uri, "InputConfig.S3Uri", None, "upload the model there, or correct S3Uri")
         if isinstance(model, str):
             return model
-        data_uri = _calibration_uri(self.job.output_config.get("CompilerOptions"))
+        data_uri = _compiler_option(self.job.output_config.get("CompilerOptions"), "kiln-calibration")
         if data_uri is None:
             return model, None
         data = self._download(data_uri, "CompilerOptions kiln-calibration", "calibration-data.npz",
@@ -150,12 +151,29 @@ class _Supervisor:
         local.chmod(0o644)
         return local
 
-    def _upload(self, result: dict) -> dict[str, str] | str:
-        """The child's artifact written to S3OutputLocation; its job fields, or why it was not."""
+    def _choose_on_device(self, device: str, deadline: float) -> Path:
+        """kiln-profile-on: the candidate the device timed fastest, with a report that says so (on_device.py)."""
+        found = on_device.candidates(self.work / "out" / "candidates")
+        if not found:
+            raise on_device.NotTimed("ServerError: the compile reported success but packaged no candidate for "
+                                     "kiln-profile-on; the job log has its output.")
+        devices = DeviceStore(self.store.engine)
+        facts = devices.get_device(self.job.account_id, device).facts
+        timed = on_device.time_on_device(devices, open_store(self.config.objects_url), self.job, device, found,
+                                         deadline, lambda: self._status() != STOPPING, self.log)
+        if not timed:  # a stop was asked for meanwhile
+            return self.work / "out" / "model.tar.gz"
+        winner = on_device.fastest(device, timed)
+        how = on_device.selection(device, facts, winner, timed)
+        self.log(f"profile: {how}")
+        return on_device.with_report(winner.artifact, self.work / "model-on-device.tar.gz",
+                                     lambda report: on_device.device_report(report, device, winner, timed, how))
+
+    def _upload(self, result: dict, artifact: Path) -> dict[str, str] | str:
+        """The artifact written to S3OutputLocation; its job fields, or why it was not."""
         out = self.job.output_config
         destination = parse_s3_uri(out["S3OutputLocation"]).join(
             artifact_name(self.job.input_config["S3Uri"], out.get("TargetDevice"), out.get("TargetPlatform")))
-        artifact = self.work / "out" / "model.tar.gz"
         # The child is gone (its PID namespace with it), so nothing can swap these paths after this check; a
         # link would have the supervisor upload a file of its own choosing.
         if any(p.is_symlink() for p in (artifact.parent, artifact)) or not artifact.is_file():
@@ -176,6 +194,8 @@ class _Supervisor:
         return JobSpec(
             framework=inp["Framework"], model_path=str(self.jail.inside(model)),
             calibration_path=str(self.jail.inside(calibration)) if calibration else None,
+            candidates_dir=(str(sandbox.JOB_ROOT / "out" / "candidates")
+                            if _compiler_option(out.get("CompilerOptions"), "kiln-profile-on") else None),
             output_dir=str(sandbox.JOB_ROOT / "out"), result_path=str(sandbox.JOB_ROOT / RESULT),
             data_input_config=inp.get("DataInputConfig"), framework_version=inp.get("FrameworkVersion"),
             target_device=out.get("TargetDevice"),
@@ -219,7 +239,17 @@ class _Supervisor:
             return self._finish(FAILED, {INPROGRESS}, failure_reason=reason)
         if not result.get("ok"):
             return self._finish(FAILED, {INPROGRESS}, failure_reason=str(result.get("reason"))[:MAX_REASON])
-        fields = self._renewing(lambda: self._upload(result))
+        artifact = self.work / "out" / "model.tar.gz"
+        device = _compiler_option(self.job.output_config.get("CompilerOptions"), "kiln-profile-on")
+        if device:
+            try:
+                artifact = self._renewing(lambda: self._choose_on_device(device, deadline))
+            except (on_device.NotTimed, KilnError) as exc:
+                reason = str(exc) if isinstance(exc, on_device.NotTimed) else failure_reason(exc)
+                return self._finish(FAILED, {INPROGRESS}, failure_reason=reason[:MAX_REASON])
+            if self._status() == STOPPING:
+                return self._finish(STOPPED, {STOPPING})
+        fields = self._renewing(lambda: self._upload(result, artifact))
         if isinstance(fields, str):
             return self._finish(FAILED, {INPROGRESS}, failure_reason=fields)
         return self._finish(COMPLETED, {INPROGRESS}, **fields)
@@ -273,13 +303,14 @@ class _Supervisor:
         self.store.append_log(self.job_id, [line])
 
 
-def _calibration_uri(compiler_options: str | None) -> str | None:
-    """CompilerOptions kiln-calibration (validated when the job was created), which the supervisor fetches."""
-    if not compiler_options:
+def _compiler_option(compiler_options: str | None, key: str) -> str | None:
+    """A Kiln option of the job's CompilerOptions (validated when the job was created) the supervisor acts on."""
+    try:
+        options = parse_literal(compiler_options, "OutputConfig.CompilerOptions") if compiler_options else None
+    except KilnError:  # checked at CreateCompilationJob: only a changed parser could get here
         return None
-    options = parse_literal(compiler_options, "OutputConfig.CompilerOptions")
-    uri = options.get("kiln-calibration") if isinstance(options, dict) else None
-    return uri if isinstance(uri, str) else None
+    value = options.get(key) if isinstance(options, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _read_result(path: Path) -> dict | None:

@@ -21,6 +21,7 @@ class JobSpec:
     target_platform: dict[str, str] | None = None
     compiler_options: str | None = None
     calibration_path: str | None = None  # CompilerOptions kiln-calibration's file, fetched by the supervisor
+    candidates_dir: str | None = None  # kiln-profile-on: every verified candidate packaged here for the device
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)))

@@ -1,6 +1,7 @@
 """CompilerOptions: parse the JSON (or Python-dict style, as AWS's docs write it) into a record."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,7 @@ class CompilerOptions:
     calibration: str | None = None  # Kiln's `kiln-calibration`: s3:// URI of a calibration.npz
     backend: str | None = None  # Kiln's `kiln-backend`: pin one backend
     require_run: bool = False  # Kiln's `kiln-require-run`: fail unless the artifact itself ran and matched
+    profile_on: str | None = None  # Kiln's `kiln-profile-on`: a registered device that times the candidates
     recorded: dict[str, Any] = field(default_factory=dict)
 
 
@@ -63,7 +65,7 @@ def parse_compiler_options(text: str | None) -> CompilerOptions:
     if not isinstance(raw, dict):
         raise ValidationError(FIELD, "must be a JSON object, e.g. {\"mcpu\": \"cortex-a72\"}")
     known = ("mcpu", "mattr", "DTYPE", "dtype", "kiln-backend", "kiln-precision", "kiln-accuracy", "kiln-calibration",
-             "kiln-require-run") + RECORDED
+             "kiln-require-run", "kiln-profile-on") + RECORDED
     for key in raw:
         if key not in known:
             raise ValidationError(f"{FIELD}.{key}", f"unknown option; known: {', '.join(known)}")
@@ -76,6 +78,7 @@ def parse_compiler_options(text: str | None) -> CompilerOptions:
         calibration=_s3_uri("kiln-calibration", raw["kiln-calibration"]) if "kiln-calibration" in raw else None,
         backend=_choice("kiln-backend", raw["kiln-backend"], BACKENDS) if "kiln-backend" in raw else None,
         require_run=_flag("kiln-require-run", raw.get("kiln-require-run", False)),
+        profile_on=_device_name(raw["kiln-profile-on"]) if "kiln-profile-on" in raw else None,
         recorded={k: _forward_args(raw[k]) if k == FORWARD_ARGS else raw[k] for k in RECORDED if k in raw},
     )
 
@@ -100,6 +103,13 @@ def _accuracy(value: Any) -> AccuracyBudget:
 def _s3_uri(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.startswith("s3://") or "/" not in value[5:] or value.endswith("/"):
         raise ValidationError(f"{FIELD}.{key}", f"must be the s3://bucket/key URI of a .npz file, got {value!r}")
+    return value
+
+
+def _device_name(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", value):
+        raise ValidationError(f"{FIELD}.kiln-profile-on", "must name one of your devices (`kiln devices` lists "
+                                                         f"them): letters, digits and '-', got {value!r}")
     return value
 
 
