@@ -29,7 +29,13 @@ def test_top1_agreement_and_cosine_against_the_source():
     flipped = [[np.array([[0.1, 0.9, 0.0]], np.float32)], [np.array([[0.1, 0.8, 0.1]], np.float32)]]
     assert classifier_like(references[0][0]) and not classifier_like(np.zeros((1, 3, 8, 8), np.float32))
     same = measure(references, references, None, "test")
-    assert same.met and same.top1_agreement == 1.0 and same.cosine == pytest.approx(1.0)
+    assert same.top1_agreement == 1.0 and same.cosine == pytest.approx(1.0)
+    assert not same.met and "give at least 268 evaluation samples" in same.describe()  # 2 of 2 show little
+    many = measure(references * 134, references * 134, None, "test")  # 268 of 268 agree: 0.99 is shown
+    assert many.met and many.top1_decisions == (268, 268) and many.top1_lower_bound >= 0.99
+    assert measure(references * 16, references * 16, AccuracyBudget("top1_agreement", 0.85), "test").met
+    one_off = measure(references * 133 + flipped[1:], references * 134, None, "test")  # 267 of 268
+    assert not one_off.met and "267/268" in one_off.describe() and "give at least" not in one_off.describe()
     half = measure(flipped, references, None, "test")  # the default budget of a classifier: top-1 >= 0.99
     assert not half.met and half.top1_agreement == 0.5 and "top1_agreement >= 0.99" in half.describe()
     assert measure(flipped, references, AccuracyBudget("cosine", 0.25), "test").met  # worst sample: 0.258

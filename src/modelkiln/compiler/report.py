@@ -106,7 +106,8 @@ def render_text(report: Report) -> str:
 def _accuracy(check: Check) -> str:
     acc = check.accuracy
     assert acc is not None
-    top1 = f"top-1 {acc.top1_agreement:.3f} " if acc.top1_agreement is not None else ""
+    top1 = (f"top-1 {acc.top1_agreement:.3f} (95% lower bound {acc.top1_lower_bound:.3f}) "
+            if acc.top1_agreement is not None and acc.top1_lower_bound is not None else "")
     return f"[{top1}cosine {acc.cosine:.4f}: budget {'met' if acc.met else 'NOT met'}]"
 
 

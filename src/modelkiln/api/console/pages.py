@@ -247,7 +247,9 @@ def accuracy_text(accuracy: Any) -> str:
         return ""
     parts = []
     if number(accuracy.get("top1_agreement")) is not None:
-        parts.append(f"top-1 agreement {number(accuracy['top1_agreement']):.4f}")
+        bound = number(accuracy.get("top1_lower_bound"))
+        parts.append(f"top-1 agreement {number(accuracy['top1_agreement']):.4f}"
+                     + (f" (95% lower bound {bound:.4f})" if bound is not None else ""))
     if number(accuracy.get("cosine")) is not None:
         parts.append(f"cosine {number(accuracy['cosine']):.5f}")
     if number(accuracy.get("max_rel_err")) is not None:
