@@ -296,6 +296,12 @@ def test_the_console_shows_devices_and_a_profile_with_its_charts_to_their_accoun
     assert page.locator("#layer-chart rect").count() >= 2
     expect(page.locator("#profile")).to_contain_text("Cold load")
     shot(page, site, "profile")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    for path in ("/console/devices", "/console/device-jobs/console-profile"):
+        page.goto(site.url(path))
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{path} is {overflow} px wider than a phone's screen"
+    shot(page, site, "profile-phone")
     context.close()
     context, page = signed_in(browser, site, other)
     page.goto(site.url("/console/devices"))
@@ -343,3 +349,24 @@ def test_kiln_compile_refuses_kiln_profile_on_naming_the_field(models, tmp_path)
     with pytest.raises(ValidationError) as info:
         compile_cnn(models, tmp_path, target_device="ml_c5", compiler_options='{"kiln-profile-on": "no spaces"}')
     assert info.value.field.endswith("kiln-profile-on")
+
+
+def test_an_agent_started_before_its_server_waits_for_it_and_registers(tmp_path):
+    server = KilnServer(tmp_path / "late-server")
+    account = server.create_account()  # keys are written offline: the server is not running yet
+    log = tmp_path / "early-agent.log"
+    proc = subprocess.Popen([KILN, "agent", "--device-name", "early", "--wait-s", "1"],
+                            env=account.env(server.endpoint), stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        time.sleep(3)
+        assert proc.poll() is None and b"trying again" in log.read_bytes(), log.read_text()
+        server.start()
+        deadline = time.monotonic() + 60
+        while b"waiting for jobs" not in log.read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.3)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        server.stop()

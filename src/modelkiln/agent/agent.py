@@ -5,13 +5,14 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, TypeVar
 
 from modelkiln.agent import tasks
 from modelkiln.agent.child import ChildFailed, run_forked
 from modelkiln.agent.client import CallError, Client
 from modelkiln.agent.facts import device_facts
 
+T = TypeVar("T")
 RETRY_MAX_S = 30.0  # the longest pause between tries while the server cannot be reached
 
 
@@ -23,31 +24,39 @@ def register(client: Client, name: str, device_type: str) -> Dict[str, Any]:
 
 def serve(client: Client, name: str, device_type: str = "", wait_s: int = 20, jobs: int = 0,
           log: Callable[[str], None] = print) -> None:
-    """Register, then run jobs as they come; with jobs > 0, return after that many."""
-    facts = register(client, name, device_type)
+    """Register, then run jobs as they come; with jobs > 0, return after that many. While the server cannot be
+    reached (or answers 5xx) the agent waits and tries again, up to RETRY_MAX_S apart."""
+    facts = _retrying(lambda: register(client, name, device_type), log)
     log(f"kiln agent: device {name} ({facts['Arch']}, {facts['Cpu']}, Python {facts['Python']}"
         f"{', emulated' if facts['Emulated'] else ''}) registered at {client.endpoint}; waiting for jobs")
-    done, pause = 0, 1.0
+    done = 0
     while not jobs or done < jobs:
         try:
-            reply = client.call("Kiln.PollDeviceWork", {"DeviceName": name, "WaitSeconds": wait_s},
-                                timeout_s=wait_s + 30)
-            pause = 1.0
+            reply = _retrying(lambda: client.call("Kiln.PollDeviceWork", {"DeviceName": name, "WaitSeconds": wait_s},
+                                                  timeout_s=wait_s + 30), log)
         except CallError as exc:
-            if exc.code == "ResourceNotFound":  # deregistered meanwhile: this agent still runs, so register again
-                register(client, name, device_type)
-                continue
-            if exc.code not in ("Unreachable", "InternalFailure", "ServiceUnavailable") and exc.status < 500:
+            if exc.code != "ResourceNotFound":
                 raise
-            log(f"kiln agent: {exc}; trying again in {pause:.0f} s")
-            time.sleep(pause)
-            pause = min(pause * 2, RETRY_MAX_S)
+            _retrying(lambda: register(client, name, device_type), log)  # deregistered while this agent runs
             continue
         work = reply.get("Work")
         if work:
             log(f"kiln agent: {work['Kind'].lower()} job {work['JobName']}: running")
             log(f"kiln agent: {work['JobName']}: {run_job(client, name, work, bool(facts['Emulated']))}")
             done += 1
+
+
+def _retrying(call: Callable[[], T], log: Callable[[str], None]) -> T:
+    pause = 1.0
+    while True:
+        try:
+            return call()
+        except CallError as exc:
+            if exc.code not in ("Unreachable", "InternalFailure", "ServiceUnavailable") and exc.status < 500:
+                raise
+            log(f"kiln agent: {exc}; trying again in {pause:.0f} s")
+            time.sleep(pause)
+            pause = min(pause * 2, RETRY_MAX_S)
 
 
 def run_job(client: Client, device: str, work: Dict[str, Any], emulated: bool) -> str:
@@ -85,12 +94,20 @@ def run_job(client: Client, device: str, work: Dict[str, Any], emulated: bool) -
         report("COMPLETED", **result)
         return "COMPLETED"
     except (ChildFailed, CallError, ArtifactProblem) as exc:
-        report("FAILED", FailureReason=f"ClientError: on device {device}: {exc}"[:4096])
-        return f"FAILED: {exc}"
+        return _failed(report, f"ClientError: on device {device}: {exc}")
     except BaseException:  # stopped (Ctrl-C, SIGTERM): say so rather than leave the job to its lease
-        report("FAILED", FailureReason=f"ServerError: the agent on device {device} was stopped while running "
-                                       "the job. Start it again and resubmit the job.")
+        _failed(report, f"ServerError: the agent on device {device} was stopped while running the job. Start it "
+                        "again and resubmit the job.")
         raise
+
+
+def _failed(report: Callable[..., None], reason: str) -> str:
+    """Report the job FAILED; if the server cannot be told (gone, or the job was taken back), its lease ends it."""
+    try:
+        report("FAILED", FailureReason=reason[:4096])
+    except CallError as exc:
+        return f"FAILED: {reason} (not reported: {exc})"
+    return f"FAILED: {reason}"
 
 
 class ArtifactProblem(Exception):
