@@ -108,6 +108,14 @@ def selection(device: str, facts: dict[str, Any], winner: Timed, timed: list[Tim
 
 def with_report(artifact: Path, out: Path, update: Callable[[dict], dict]) -> Path:
     """A copy of the artifact whose report.json is update(report.json); every other member streamed as is."""
+    try:
+        return _copy_with_report(artifact, out, update)
+    except (tarfile.TarError, OSError, ValueError) as exc:  # the compile's own output, unreadable
+        raise NotTimed(f"ServerError: the compile's candidate {artifact.parent.name} cannot be read ({exc}); the "
+                       "job log has the compile's output.") from None
+
+
+def _copy_with_report(artifact: Path, out: Path, update: Callable[[dict], dict]) -> Path:
     with tarfile.open(artifact, "r:gz") as source, tarfile.open(out, "w:gz") as dest:
         for member in source:
             if not member.isfile() or member.name.startswith("/") or ".." in member.name.split("/"):
