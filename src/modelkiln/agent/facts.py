@@ -9,6 +9,8 @@ from typing import Any, Dict
 
 RUNTIME_PACKAGES = ("numpy", "onnxruntime", "openvino", "iree-base-runtime", "apache-tvm", "modelkiln-runtime",
                     "modelkiln")
+# runtime.model has the same table, but importing it imports numpy into the agent, whose forked jobs must
+# import numpy themselves for a real cold load
 _ARCH = {"amd64": "x86_64", "arm64": "aarch64", "armv7l": "armv7", "armv8l": "armv7"}
 _COMPAT = {"x86_64": {"i686"}, "aarch64": {"armv7"}}  # userlands these kernels run natively
 AGENT_VERSION = "1"  # the agent-server protocol (Kiln.* operations and their shapes)
@@ -49,7 +51,8 @@ def emulated_by(cpuinfo: str) -> str:
     kernel runs under qemu-user, binfmt or not); empty when native. qemu-user fakes uname() and may show an
     ARM /proc/cpuinfo (-L roots do), but not /proc/sys/kernel/arch (Linux 5.19+): the CPU flags are the fallback."""
     arch = host_arch()
-    kernel = _ARCH.get(_read("/proc/sys/kernel/arch").strip(), _read("/proc/sys/kernel/arch").strip())
+    raw = _read("/proc/sys/kernel/arch").strip()
+    kernel = _ARCH.get(raw, raw)
     if kernel:
         native = {kernel} | _COMPAT.get(kernel, set())
         host = kernel

@@ -5,6 +5,7 @@
         claim (lease) -> fetch S3Uri into the job directory
         -> sandboxed `python -m modelkiln.executor.job_main /job/spec.json` (sandbox.py: no credentials, no
            network, only /job writable): unpack, convert, compile, verify, package into /job/out
+        -> with kiln-profile-on: every verified candidate timed on the account's device (on_device.py)
         -> upload the artifact to S3OutputLocation -> COMPLETED | FAILED
     while renewing the lease, copying the child's output into the job log, and killing the child (its whole
     PID namespace) on StopCompilationJob (-> STOPPED) or MaxRuntimeInSeconds (-> FAILED).

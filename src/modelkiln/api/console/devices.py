@@ -15,9 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelkiln.api.console.pages import (
-    CHART_BAR_W, CHART_LABEL_W, CHART_ROW_H, CHART_WIDTH, Bar, Chart, fmt_time, number, text,
-)
+from modelkiln.api.console.pages import Chart, bar_chart, fmt_time, number, text
 from modelkiln.devices.errors import DeviceJobNotFound
 from modelkiln.devices.model import ONLINE_WITHIN_S, Device, DeviceJob
 
@@ -61,17 +59,6 @@ def job_row(job: DeviceJob) -> DeviceJobRow:
                         fmt_time(job.end_time))
 
 
-def bars(values: list[tuple[str, float]], unit: str = "ms") -> Chart | None:
-    """Horizontal bars, longest = CHART_BAR_W; None when there is nothing to draw."""
-    values = [(label, v) for label, v in values if v >= 0]
-    if not values:
-        return None
-    longest = max(v for _, v in values) or 1.0
-    drawn = [Bar(label, f"{v:.4g} {unit}", i * CHART_ROW_H, max(1.0, CHART_BAR_W * v / longest), False)
-             for i, (label, v) in enumerate(values)]
-    return Chart(drawn, CHART_WIDTH, len(drawn) * CHART_ROW_H, CHART_LABEL_W, CHART_ROW_H)
-
-
 @dataclass(frozen=True)
 class ProfileView:
     backend: str
@@ -99,8 +86,8 @@ def profile_view(profile: Any) -> ProfileView | None:
              ("Peak memory", f"{memory / 2**20:.1f} MiB" if memory is not None else "")]
     notes = [text(n) for n in profile.get("Notes") or [] if text(n)] if isinstance(profile.get("Notes"), list) else []
     return ProfileView(text(profile.get("Backend"), 40), facts,
-                       bars([(label, v) for label, v in points if v is not None]),
-                       bars([(label, v) for label, v in layer_values if v is not None]),
+                       bar_chart([(label, v) for label, v in points if v is not None], "{:.4g} ms"),
+                       bar_chart([(label, v) for label, v in layer_values if v is not None], "{:.4g} ms"),
                        text(profile.get("LayerSource"), 300), notes, profile.get("Emulated") is True)
 
 

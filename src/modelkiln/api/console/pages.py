@@ -284,17 +284,22 @@ class Chart:
 def latency_chart(report: dict[str, Any]) -> Chart | None:
     """Median latency of every candidate timed on this host, as horizontal bars; None when none was timed."""
     candidates = report.get("candidates") if isinstance(report.get("candidates"), list) else []
-    selected = text(report.get("selected"))
     timed = []
     for c in candidates:
         latency = number(c.get("latency_ms")) if isinstance(c, dict) else None
-        if latency is not None and latency >= 0:
+        if latency is not None:
             timed.append((text(c.get("name") or c.get("backend"), 40), latency))
-    if not timed:
+    return bar_chart(timed, "{:.3f} ms", text(report.get("selected")))
+
+
+def bar_chart(values: list[tuple[str, float]], pattern: str, selected: str = "") -> Chart | None:
+    """(label, value) pairs as horizontal bars, the largest CHART_BAR_W long; None when there is none to draw."""
+    values = [(label, v) for label, v in values if v >= 0]
+    if not values:
         return None
-    slowest = max(latency for _, latency in timed) or 1.0
-    bars = [Bar(name, f"{latency:.3f} ms", i * CHART_ROW_H, max(1.0, CHART_BAR_W * latency / slowest),
-                name == selected) for i, (name, latency) in enumerate(timed)]
+    longest = max(v for _, v in values) or 1.0
+    bars = [Bar(label, pattern.format(v), i * CHART_ROW_H, max(1.0, CHART_BAR_W * v / longest), label == selected)
+            for i, (label, v) in enumerate(values)]
     return Chart(bars, CHART_WIDTH, len(bars) * CHART_ROW_H, CHART_LABEL_W, CHART_ROW_H)
 
 
