@@ -38,7 +38,7 @@ def serve(settings: Settings) -> None:
     executor = DaskExecutor(settings.scheduler, settings.workers, env=worker_env(settings),
                             security=dask_security(settings))
     executor.start()
-    dispatcher = Dispatcher(jobs, executor.submit)
+    dispatcher = Dispatcher(jobs, executor.submit, executor.submit_comparison)
     dispatcher.start()
     services = Services(AccountStore(settings.keys_path), jobs, open_store(settings.object_store_url),
                         notify=dispatcher.wake, max_active_jobs=settings.max_active_jobs,

@@ -370,3 +370,117 @@ def test_an_agent_started_before_its_server_waits_for_it_and_registers(tmp_path)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def compiled_by_kiln(kiln, models):
+    """The small CNN's TorchScript compiled by the server's compile jobs for each agent's target: artifact URIs."""
+    from tests.api.kiln_server import job_request, wait_for_job
+    server, owner, _ = kiln
+    s3, sagemaker = server.client("s3", owner), server.client("sagemaker", owner)
+    if "dev" not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:  # the artifacts fixture may have made it
+        s3.create_bucket(Bucket="dev")
+    s3.upload_file(str(models / "cnn_pth.tar.gz"), "dev", "src/cnn_pth.tar.gz")
+    for name, target in (("pth-x86", "ml_c5"), ("pth-pi", "rasp4b")):
+        sagemaker.create_compilation_job(**job_request(owner, name, "s3://dev/src/cnn_pth.tar.gz", framework="PYTORCH",
+                                                       data_input_config='{"input0": [1, 3, 32, 32]}',
+                                                       output=f"s3://dev/{name}/", target=target))
+    uris = {}
+    for name in ("pth-x86", "pth-pi"):
+        job = wait_for_job(sagemaker, name, timeout_s=300)
+        assert job["CompilationJobStatus"] == "COMPLETED", job.get("FailureReason")
+        uris[name] = job["ModelArtifacts"]["S3ModelArtifacts"]
+    return uris
+
+
+@pytest.mark.parametrize("device,compiled", [("bench-x86", "pth-x86"), ("pi-emulated", "pth-pi")])
+def test_inference_on_a_compiled_artifact_is_compared_with_the_source_framework(kiln, agents, compiled_by_kiln, models,
+                                                                                tmp_path, device, compiled):
+    import torch
+    server, owner, _ = kiln
+    s3 = server.client("s3", owner)
+    x = np.random.default_rng(5).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", input0=x)
+    s3.upload_file(str(tmp_path / "in.npz"), "dev", f"cmp-in-{device}.npz")
+    done = cli(server, owner, "infer", "--model", compiled_by_kiln[compiled], "--device", device,
+               "--inputs", f"s3://dev/cmp-in-{device}.npz", "--outputs", f"s3://dev/cmp-out-{device}.npz", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = json.loads(done.stdout)
+    assert job["Status"] == "COMPLETED" and job["CompilationJobName"] == compiled
+    comparison = job["Comparison"]
+    assert comparison["Status"] == "MATCHED", comparison
+    assert comparison["CompilationJobName"] == compiled and comparison["MaxRelErr"] < 1e-3
+    assert comparison["Reference"].startswith("PYTORCH") and "float32" in comparison["Rule"]
+    # what the server compared is what the device wrote, and it is what torch computes
+    s3.download_file("dev", f"cmp-out-{device}.npz", str(tmp_path / "out.npz"))
+    with np.load(tmp_path / "out.npz") as out:
+        got = out[out.files[0]]
+    expected = torch.jit.load(str(models / "cnn.pth"))(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+    text = cli(server, owner, "infer", "--model", compiled_by_kiln[compiled], "--device", device,
+               "--inputs", f"s3://dev/cmp-in-{device}.npz", "--outputs", f"s3://dev/cmp-out2-{device}.npz")
+    assert text.returncode == 0 and f"against the source model (compilation job {compiled}): MATCHED" in text.stdout
+
+
+def fake_device_run(client, s3, tmp_path: Path, device: str, outputs: dict[str, np.ndarray]) -> None:
+    """Take the device's next job as its agent would, and report `outputs` as what the artifact computed."""
+    work = client.poll_device_work(DeviceName=device, WaitSeconds=10)["Work"]
+    np.savez(tmp_path / "lie.npz", **outputs)
+    bucket, key = work["OutputS3Uri"][len("s3://"):].split("/", 1)
+    s3.upload_file(str(tmp_path / "lie.npz"), bucket, key)
+    client.report_device_work(DeviceName=device, JobName=work["JobName"], Status="COMPLETED", Inference={
+        "Backend": "onnxruntime", "OutputS3Uri": work["OutputS3Uri"], "RunMs": 1.0, "Emulated": False,
+        "Outputs": [{"Name": n, "Shape": list(a.shape), "Dtype": str(a.dtype)} for n, a in outputs.items()]})
+
+
+def wait_compared(client, name: str) -> dict:
+    deadline = time.monotonic() + 300
+    while (job := client.describe_device_job(JobName=name))["Status"] not in ("COMPLETED", "FAILED"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    return job
+
+
+def test_wrong_device_outputs_are_caught_and_a_replaced_artifact_is_not_compared(kiln, compiled_by_kiln, tmp_path,
+                                                                                 monkeypatch, browser):
+    from playwright.sync_api import expect
+
+    from tests.console.test_console import Site, signed_in
+    server, owner, _ = kiln
+    s3, client = server.client("s3", owner), kiln_client(server, owner, monkeypatch)
+    client.register_device(DeviceName="liar", DeviceType="ml_c5", Facts={"Arch": "x86_64"})
+    try:
+        x = np.random.default_rng(6).standard_normal((1, 3, 32, 32)).astype(np.float32)
+        np.savez(tmp_path / "in.npz", input0=x)
+        s3.upload_file(str(tmp_path / "in.npz"), "dev", "liar-in.npz")
+        model = compiled_by_kiln["pth-x86"]
+        request = {"DeviceName": "liar", "ModelS3Uri": model, "InputS3Uri": "s3://dev/liar-in.npz"}
+        client.create_inference_job(JobName="lie", OutputS3Uri="s3://dev/liar-out.npz", **request)
+        fake_device_run(client, s3, tmp_path, "liar", {"output0": np.full((1, 10), 0.1, np.float32)})
+        job = wait_compared(client, "lie")
+        assert job["Status"] == "COMPLETED" and job["Comparison"]["Status"] == "MISMATCHED", job
+        assert job["Comparison"]["MaxRelErr"] > 1e-3 and "max rel err" in job["Comparison"]["Detail"]
+        context, page = signed_in(browser, Site(server, owner, kiln[2], tmp_path), owner)
+        page.goto(f"{server.endpoint}/console/device-jobs/lie")
+        expect(page.locator("#comparison")).to_contain_text("MISMATCHED")
+        expect(page.locator("#comparison")).to_contain_text("pth-x86")
+        context.close()
+        # the artifact at the URI replaced after the compile: the source is unknown, so nothing is claimed
+        bucket, key = model[len("s3://"):].split("/", 1)
+        s3.download_file(bucket, key, str(tmp_path / "original.tar.gz"))
+        client.create_inference_job(JobName="replaced", OutputS3Uri="s3://dev/replaced-out.npz", **request)
+        s3.put_object(Bucket=bucket, Key=key, Body=b"not the compile's artifact")
+        try:
+            fake_device_run(client, s3, tmp_path, "liar", {"output0": np.zeros((1, 10), np.float32)})
+            job = wait_compared(client, "replaced")
+        finally:
+            s3.upload_file(str(tmp_path / "original.tar.gz"), bucket, key)
+        assert job["Comparison"]["Status"] == "NOT_COMPARED" and "SHA-256 differs" in job["Comparison"]["Detail"]
+        # an artifact no compile job of the account wrote: outputs only, no comparison
+        client.create_inference_job(JobName="foreign", DeviceName="liar", ModelS3Uri="s3://dev/src/cnn_pth.tar.gz",
+                                    InputS3Uri="s3://dev/liar-in.npz", OutputS3Uri="s3://dev/foreign-out.npz")
+        fake_device_run(client, s3, tmp_path, "liar", {"output0": np.zeros((1, 10), np.float32)})
+        job = client.describe_device_job(JobName="foreign")
+        assert job["Status"] == "COMPLETED" and "Comparison" not in job and "CompilationJobName" not in job
+    finally:
+        client.deregister_device(DeviceName="liar")

@@ -110,10 +110,10 @@ def test_a_jailed_child_sees_only_its_directory_and_system_files(tmp_path, own_u
 
 def test_sweep_removes_the_directories_no_supervisor_holds(tmp_path, monkeypatch):
     monkeypatch.setenv("KILN_WORK_DIR", str(tmp_path))
-    live, dead = scratch.job_dir(1, 1, "live"), scratch.job_dir(2, 1, "dead")
+    live, dead = scratch.job_dir("1-1", "live"), scratch.job_dir("2-1", "dead")
     dead.mkdir(parents=True)
     dead.with_name(dead.name + ".lock").touch()  # its supervisor died holding it: the kernel dropped the lock
-    orphan = scratch.job_dir(3, 1, "nolock")
+    orphan = scratch.job_dir("3-1", "nolock")
     orphan.mkdir()
     with scratch.held(live):
         live.mkdir()

@@ -120,7 +120,8 @@ def _submit(args: argparse.Namespace, operation: str, request: Dict[str, Any]) -
         print(json.dumps(job, indent=1))
     else:
         _print_job(job)
-    return 0 if job["Status"] == "COMPLETED" else 1
+    mismatched = (job.get("Comparison") or {}).get("Status") == "MISMATCHED"
+    return 0 if job["Status"] == "COMPLETED" and not mismatched else 1
 
 
 def _print_job(job: Dict[str, Any]) -> None:
@@ -144,6 +145,11 @@ def _print_job(job: Dict[str, Any]) -> None:
         print(f"  ran in {inference['RunMs']:.3f} ms; outputs written to {inference['OutputS3Uri']}:")
         for out in inference.get("Outputs", []):
             print(f"    {out['Name']}: {out['Dtype']} {out['Shape']}")
+    comparison = job.get("Comparison")
+    if comparison:
+        print(f"  against the source model (compilation job {comparison['CompilationJobName']}): "
+              f"{comparison['Status']}" + (f", by {comparison['Rule']}" if comparison.get("Rule") else ""))
+        print(f"    {comparison['Detail']}" + (f"; reference: {comparison['Reference']}" if comparison.get("Reference") else ""))
 
 
 def _calling(run: Any) -> int:

@@ -21,7 +21,7 @@ from modelkiln.api.services import Services
 from modelkiln.api.signing import verify
 from modelkiln.auth import Principal
 from modelkiln.devices import validation
-from modelkiln.devices.model import DeviceJob, describe_device, describe_job, summary, work
+from modelkiln.devices.model import INFERENCE, DeviceJob, describe_device, describe_job, summary, work
 from modelkiln.errors import ValidationError
 from modelkiln.jobs.validation import parse_s3_uri
 from modelkiln.storage import StorageError
@@ -117,10 +117,15 @@ def _create(services: Services, principal: Principal, request: validation.Device
         except StorageError as exc:
             raise ValidationError("OutputS3Uri", f"cannot write to bucket {output.bucket}: {exc.message} "
                                                  "Create it first.") from None
+    wire = dict(request.request)
+    if request.kind == INFERENCE:  # an artifact of the account's own compile: its outputs get compared
+        compiled = services.jobs.wrote_artifact(principal.account_id, wire["ModelS3Uri"])
+        if compiled is not None:
+            wire["CompilationJobName"] = compiled.name
     now = time.time()
     job = services.devices.create_job(DeviceJob(
         principal.account_id, request.name, principal.region, request.kind, "PENDING", request.device_name,
-        request.request, now, now, now + request.pending_s))
+        wire, now, now, now + request.pending_s))
     return {"JobArn": job.arn}
 
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PROFILE, INFERENCE = "PROFILE", "INFERENCE"
-PENDING, RUNNING, COMPLETED, FAILED = "PENDING", "RUNNING", "COMPLETED", "FAILED"
+PENDING, RUNNING, COMPARING, COMPLETED, FAILED = "PENDING", "RUNNING", "COMPARING", "COMPLETED", "FAILED"
 TERMINAL = frozenset({COMPLETED, FAILED})
 ONLINE_WITHIN_S = 60.0  # a device that asked for work this recently is ONLINE (agents poll every <= 20 s)
 
@@ -42,13 +42,43 @@ class DeviceJob:
     failure_reason: str = ""
     start_time: float | None = None
     end_time: float | None = None
-    lease_expires: float | None = None
+    lease_expires: float | None = None  # RUNNING: the agent's lease; COMPARING: the comparison's (or its queue's end)
+    lease_owner: str | None = None  # COMPARING: the server worker comparing; None while it waits for one
     id: int | None = field(default=None, compare=False)
 
     @property
     def arn(self) -> str:
         kind = "kiln-profile-job" if self.kind == PROFILE else "kiln-inference-job"
         return f"arn:aws:sagemaker:{self.region}:{self.account_id}:{kind}/{self.name.lower()}"
+
+
+# How an inference job's outputs compare with the source framework's on the same inputs (Comparison.Status).
+MATCHED, MISMATCHED, NOT_COMPARED = "MATCHED", "MISMATCHED", "NOT_COMPARED"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """An inference job's device outputs against the source model run by the server on the job's inputs."""
+
+    status: str  # MATCHED | MISMATCHED | NOT_COMPARED
+    compilation_job: str  # the compile job that wrote the artifact
+    detail: str  # how it was judged and what was found; for NOT_COMPARED, why and what to do
+    reference: str = ""  # what produced the expected outputs, e.g. "PYTORCH 2.13.0 on the Kiln server (x86_64)"
+    rule: str = ""  # the check applied, e.g. "max rel err <= 1e-03 (a float32 artifact, as at compile time)"
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+    cosine: float | None = None  # the worst output's
+    top1_agreement: float | None = None  # share of rows of classifier-like outputs whose top class agrees
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"Status": self.status, "CompilationJobName": self.compilation_job,
+                               "Detail": self.detail}
+        for key, value in (("Reference", self.reference), ("Rule", self.rule), ("MaxAbsErr", self.max_abs_err),
+                           ("MaxRelErr", self.max_rel_err), ("Cosine", self.cosine),
+                           ("Top1Agreement", self.top1_agreement)):
+            if value not in (None, ""):
+                out[key] = value
+        return out
 
 
 def describe_device(device: Device, now: float) -> dict[str, Any]:

@@ -15,11 +15,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from modelkiln.devices.errors import DeviceJobExists, DeviceJobNotFound, DeviceNotFound, NotYourWork
-from modelkiln.devices.model import COMPLETED, FAILED, PENDING, RUNNING, Device, DeviceJob
+from modelkiln.devices.model import (
+    COMPARING, COMPLETED, FAILED, INFERENCE, NOT_COMPARED, PENDING, RUNNING, Comparison, Device, DeviceJob,
+)
 from modelkiln.jobs import database, paging
 from modelkiln.jobs.schema import device_jobs, devices
 
 DEVICE_COLUMNS = tuple(f.name for f in dataclasses.fields(Device))
+COMPARE_QUEUE_S = 3600.0  # an inference job's comparison not started by a server worker within this is given up
 JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(DeviceJob))
 
 
@@ -155,6 +158,10 @@ class DeviceStore:
             changes: dict[str, Any] = {"last_modified_time": now}
             if status == RUNNING:
                 changes["lease_expires"] = now + lease_s
+            elif status == COMPLETED and job.kind == INFERENCE and job.request.get("CompilationJobName"):
+                # outputs of a Kiln compile's artifact: the server runs the source model on the inputs next
+                changes.update(status=COMPARING, result=result or {}, lease_expires=now + COMPARE_QUEUE_S,
+                               lease_owner=None)
             else:
                 changes.update(status=status, end_time=now, lease_expires=None)
                 if status == COMPLETED:
@@ -164,22 +171,81 @@ class DeviceStore:
             conn.execute(sa.update(device_jobs).where(device_jobs.c.id == job.id).values(changes))
             return dataclasses.replace(job, **changes)
 
+    # ---- comparisons (the server's side of an inference job; modelkiln.executor.compare) --------------------
+
+    def comparisons_waiting(self) -> builtins.list[int]:
+        """The ids of COMPARING jobs no server worker has taken yet, oldest first: the executor's queue."""
+        with database.read(self.engine) as conn:
+            return list(conn.execute(sa.select(device_jobs.c.id).where(
+                device_jobs.c.status == COMPARING, device_jobs.c.lease_owner.is_(None))
+                .order_by(device_jobs.c.last_modified_time, device_jobs.c.id)).scalars())
+
+    def claim_comparison(self, job_id: int, owner: str, lease_s: float, now: float | None = None) -> DeviceJob | None:
+        """Job job_id's comparison, now owner's with a lease; None if it is not waiting (another worker has it)."""
+        now = time.time() if now is None else now
+        with database.write(self.engine) as conn:
+            claimed = conn.execute(sa.update(device_jobs).where(
+                device_jobs.c.id == job_id, device_jobs.c.status == COMPARING, device_jobs.c.lease_owner.is_(None))
+                .values(lease_owner=owner, lease_expires=now + lease_s, last_modified_time=now)).rowcount
+            row = conn.execute(sa.select(device_jobs).where(device_jobs.c.id == job_id)).first()
+        return _to_job(row) if claimed and row is not None else None
+
+    def renew_comparison(self, job_id: int, owner: str, lease_s: float, now: float | None = None) -> bool:
+        """Extend owner's lease on the comparison; False if it is no longer owner's (it expired meanwhile)."""
+        now = time.time() if now is None else now
+        with database.write(self.engine) as conn:
+            return bool(conn.execute(sa.update(device_jobs).where(
+                device_jobs.c.id == job_id, device_jobs.c.status == COMPARING, device_jobs.c.lease_owner == owner)
+                .values(lease_expires=now + lease_s)).rowcount)
+
+    def finish_comparison(self, job_id: int, owner: str, comparison: Comparison, now: float | None = None) -> bool:
+        """COMPLETED with the comparison beside the device's result; False if owner no longer held it."""
+        now = time.time() if now is None else now
+        with database.write(self.engine) as conn:
+            row = conn.execute(sa.select(device_jobs).where(
+                device_jobs.c.id == job_id, device_jobs.c.status == COMPARING, device_jobs.c.lease_owner == owner)
+                .with_for_update()).first()
+            if row is None:
+                return False
+            conn.execute(sa.update(device_jobs).where(device_jobs.c.id == job_id).values(
+                **_compared(_to_job(row), comparison, now)))
+            return True
+
     def expire(self, now: float | None = None) -> builtins.list[DeviceJob]:
-        """FAIL RUNNING jobs whose lease ran out and PENDING jobs past their deadline; the failed jobs."""
+        """FAIL RUNNING jobs whose lease ran out and PENDING jobs past their deadline; COMPLETE, uncompared, the
+        COMPARING jobs whose comparison lapsed (its worker died, or none took it). The jobs changed."""
         now = time.time() if now is None else now
         failed = []
         with database.write(self.engine) as conn:
             rows = conn.execute(sa.select(device_jobs).where(sa.or_(
-                sa.and_(device_jobs.c.status == RUNNING, device_jobs.c.lease_expires < now),
+                sa.and_(device_jobs.c.status.in_([RUNNING, COMPARING]), device_jobs.c.lease_expires < now),
                 sa.and_(device_jobs.c.status == PENDING, device_jobs.c.pending_deadline < now)))
                 .with_for_update(skip_locked=True)).all()
             for row in rows:
                 job = _to_job(row)
+                if job.status == COMPARING:
+                    changes = _compared(job, _comparison_lost(job, now), now)
+                    conn.execute(sa.update(device_jobs).where(device_jobs.c.id == job.id).values(**changes))
+                    failed.append(dataclasses.replace(job, **changes))
+                    continue
                 reason = _lost_reason(job, now) if job.status == RUNNING else _never_claimed_reason(conn, job)
                 conn.execute(sa.update(device_jobs).where(device_jobs.c.id == job.id).values(
                     status=FAILED, failure_reason=reason, end_time=now, last_modified_time=now, lease_expires=None))
                 failed.append(dataclasses.replace(job, status=FAILED, failure_reason=reason, end_time=now))
         return failed
+
+
+def _compared(job: DeviceJob, comparison: Comparison, now: float) -> dict[str, Any]:
+    return {"status": COMPLETED, "result": {**(job.result or {}), "Comparison": comparison.to_wire()},
+            "end_time": now, "last_modified_time": now, "lease_expires": None, "lease_owner": None}
+
+
+def _comparison_lost(job: DeviceJob, now: float) -> Comparison:
+    where = (f"the server worker comparing it stopped renewing its lease ({job.lease_owner})" if job.lease_owner
+             else f"no server worker took it within {COMPARE_QUEUE_S:.0f} s")
+    return Comparison(NOT_COMPARED, job.request.get("CompilationJobName", ""),
+                      f"The device's outputs are at OutputS3Uri, but {where}; detected at {_iso(now)}. Create the "
+                      "inference job again to compare; if it recurs, ask the Kiln operator to check the workers.")
 
 
 def _lost_reason(job: DeviceJob, now: float) -> str:

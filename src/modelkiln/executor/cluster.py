@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from modelkiln.executor.compare import run_comparison
 from modelkiln.executor.runner import run_job
 
 log = logging.getLogger("kiln.executor")
@@ -42,6 +43,12 @@ class DaskExecutor:
         self._submissions += 1
         # Only the job's id travels: the worker reads the stores' addresses from its own configuration.
         return self.client.submit(run_job, job_id, key=f"kiln-job-{job_id}-{attempt}-{self._submissions}")
+
+    def submit_comparison(self, device_job_id: int) -> Any:
+        """Queue run_comparison for an inference job whose device outputs are in."""
+        self._submissions += 1
+        return self.client.submit(run_comparison, device_job_id,
+                                  key=f"kiln-compare-{device_job_id}-{self._submissions}")
 
     def close(self) -> None:
         if self.client is not None:

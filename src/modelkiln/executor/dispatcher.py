@@ -1,7 +1,8 @@
 """The loop in `kiln serve` that turns the job store's STARTING jobs into Dask tasks, and keeps the store honest.
 
 Each tick: jobs whose worker vanished (lapsed lease) are retried or failed, queued jobs past their
-MaxPendingTimeInSeconds are failed, and every STARTING job not yet handed to Dask is submitted. After a
+MaxPendingTimeInSeconds are failed, and every STARTING job not yet handed to Dask is submitted; so is every
+inference job waiting for its comparison with the source model (compare.py). After a
 restart nothing is remembered, so every STARTING job is submitted again; a duplicate task finds its job no
 longer STARTING and returns (the claim is a compare-and-set in the store).
 """
@@ -14,6 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from modelkiln.devices.store import DeviceStore
 from modelkiln.jobs.store import JobStore
 
 log = logging.getLogger("kiln.executor")
@@ -26,6 +28,7 @@ class Handle(Protocol):
 
 
 Submit = Callable[[int, int], Handle]  # (job id, attempt) -> the task running it
+SubmitComparison = Callable[[int], Handle]  # device job id -> the task comparing its outputs
 
 
 def local_worker_gone(worker_id: str) -> bool:
@@ -46,9 +49,12 @@ def local_worker_gone(worker_id: str) -> bool:
 
 
 class Dispatcher:
-    def __init__(self, store: JobStore, submit: Submit, tick_s: float = TICK_S) -> None:
-        self.store, self.submit, self.tick_s = store, submit, tick_s
+    def __init__(self, store: JobStore, submit: Submit, compare: SubmitComparison | None = None,
+                 tick_s: float = TICK_S) -> None:
+        self.store, self.submit, self.compare, self.tick_s = store, submit, compare, tick_s
+        self.devices = DeviceStore(store.engine)
         self._submitted: dict[tuple[int, int], Handle] = {}
+        self._comparing: dict[int, Handle] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kiln-dispatcher", daemon=True)
@@ -78,6 +84,12 @@ class Dispatcher:
             key = (job.id, job.attempts)
             if key not in self._submitted:
                 self._submitted[key] = self.submit(job.id, job.attempts)
+        if self.compare is not None:
+            self.devices.expire()  # a comparison whose worker died completes, uncompared, saying so
+            self._comparing = {key: task for key, task in self._comparing.items() if not task.done()}
+            for device_job_id in self.devices.comparisons_waiting():
+                if device_job_id not in self._comparing:
+                    self._comparing[device_job_id] = self.compare(device_job_id)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

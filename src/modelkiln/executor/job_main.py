@@ -37,7 +37,7 @@ def run(spec: JobSpec) -> dict[str, Any]:
     return {"ok": True, "derived_data_input_config": json.dumps(derived)}
 
 
-def _reason(exc: Exception) -> str:
+def reason_for(exc: Exception) -> str:
     if isinstance(exc, KilnError):
         _say(f"error: {exc}")
         return failure_reason(exc)
@@ -67,8 +67,8 @@ def main(argv: list[str]) -> int:
     spec = JobSpec(**json.loads(Path(argv[1]).read_text()))
     try:
         result = run(spec)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a FailureReason, see _reason
-        result = {"ok": False, "reason": _reason(exc)}
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a FailureReason, see reason_for
+        result = {"ok": False, "reason": reason_for(exc)}
     Path(spec.result_path).write_text(json.dumps(result))
     return 0
 

@@ -90,7 +90,7 @@ class _Supervisor:
         self.runtime_s = runtime
         self.limits = sandbox.Limits(config.job_memory_mb * 2**20, config.job_file_size_mb * 2**20,
                                      CPU_SLACK * runtime + 60)
-        self.work = scratch.job_dir(job.id, job.attempts, worker_id.rsplit(":", 1)[-1])
+        self.work = scratch.job_dir(f"{job.id}-{job.attempts}", worker_id.rsplit(":", 1)[-1])
         self.jail = sandbox.Jail(self.work, sandbox.job_uid(job.id), sandbox.child_env())
         self.lines: queue.Queue[str] = queue.Queue()
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
@@ -186,7 +186,7 @@ class _Supervisor:
             return failure_reason(CompilationError(
                 "upload", f"cannot write the artifact to {destination}: {exc}",
                 "create that bucket, or correct OutputConfig.S3OutputLocation, and create the job again"))
-        return {"artifact_uri": str(destination), "artifact_digest": _sha256(artifact),
+        return {"artifact_uri": str(destination), "artifact_digest": sha256_of(artifact),
                 "derived_data_input_config": str(result.get("derived_data_input_config") or "")}
 
     def _spec(self, model: Path, calibration: Path | None) -> JobSpec:
@@ -232,7 +232,7 @@ class _Supervisor:
                     "CompilerOptions {\"kiln-backend\": ...}."))
         pump.join(10)  # every line the child wrote is in the log before the job ends
         self._flush()
-        result = _read_result(self.work / RESULT)
+        result = read_result(self.work / RESULT)
         if result is None:
             assert child.returncode is not None
             reason = sandbox.describe_exit(child.returncode, self.limits, child.peak_rss_bytes, self.tail)
@@ -313,7 +313,7 @@ def _compiler_option(compiler_options: str | None, key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _read_result(path: Path) -> dict | None:
+def read_result(path: Path) -> dict | None:
     """The child's RESULT.json: a plain file of its directory (never a link it planted), else None."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -324,7 +324,7 @@ def _read_result(path: Path) -> dict | None:
     return result if isinstance(result, dict) else None
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1024 * 1024), b""):

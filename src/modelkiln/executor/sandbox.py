@@ -28,7 +28,10 @@ import modelkiln
 _PR_SET_PDEATHSIG = 1
 KILL_GRACE_S = 5.0  # SIGTERM, then SIGKILL this long after, as SageMaker documents for StopCompilationJob
 JOB_ROOT = Path("/job")  # where the child sees its own directory
-JOB_UID_BASE, JOB_UID_SPAN = 200_000, 100_000  # root servers: job N runs as uid BASE + N % SPAN
+# Root servers: compilation job N runs as uid BASE + N % SPAN; device job N's comparison (lane 1) as
+# BASE + SPAN + N % SPAN, so the two kinds of job never share a uid.
+JOB_UID_BASE, JOB_UID_SPAN = 200_000, 100_000
+COMPILE_LANE, COMPARE_LANE = 0, 1
 # System files a compile needs, shown read-only where present: the dynamic linker's cache, `cc` and friends
 # (alternatives), OpenCL/Vulkan driver manifests, and names for uids and localhost. Nothing else of /etc.
 _ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "OpenCL", "vulkan", "hosts", "passwd",
@@ -60,9 +63,9 @@ class Jail:
         return JOB_ROOT / Path(path).relative_to(self.work_dir)
 
 
-def job_uid(job_id: int) -> int | None:
+def job_uid(job_id: int, lane: int = COMPILE_LANE) -> int | None:
     """The job's own uid on a root server, else None (see Jail.uid)."""
-    return JOB_UID_BASE + job_id % JOB_UID_SPAN if os.geteuid() == 0 else None
+    return JOB_UID_BASE + lane * JOB_UID_SPAN + job_id % JOB_UID_SPAN if os.geteuid() == 0 else None
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -19,8 +19,9 @@ def root() -> Path:
     return Path(os.environ.get("KILN_WORK_DIR") or tempfile.gettempdir()) / "kiln-jobs"
 
 
-def job_dir(job_id: int, attempt: int, nonce: str) -> Path:
-    return root() / f"job-{job_id}-{attempt}-{nonce}"
+def job_dir(name: str, nonce: str) -> Path:
+    """name: e.g. "17-1" (compilation job 17, attempt 1) or "compare-4" (device job 4's comparison)."""
+    return root() / f"job-{name}-{nonce}"
 
 
 def _lock_path(work: Path) -> Path:

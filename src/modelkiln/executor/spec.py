@@ -27,6 +27,22 @@ class JobSpec:
         path.write_text(json.dumps(asdict(self)))
 
 
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """An inference job's comparison: the source model as its compile read it, run on the job's inputs."""
+
+    framework: str
+    model_path: str
+    inputs_path: str  # the inference job's InputS3Uri object
+    output_path: str  # where the child writes the source model's outputs (.npz, one array per output name)
+    result_path: str
+    data_input_config: str | None = None
+    compiler_options: str | None = None
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self)))
+
+
 def artifact_name(input_uri: str, target_device: str | None, target_platform: dict[str, str] | None) -> str:
     """Neo's naming: the input archive's name with the target appended, e.g. model-ml_c5.tar.gz."""
     stem = input_uri.rstrip("/").rsplit("/", 1)[-1]

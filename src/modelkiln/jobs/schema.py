@@ -88,7 +88,8 @@ logs = sa.Table(
 
 # ---- devices and the jobs that run on them (modelkiln.devices) -------------------------------------------
 
-DEVICE_JOB_STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED")
+# COMPARING: an inference job's outputs are in; the server runs the source model on its inputs to compare
+DEVICE_JOB_STATUSES = ("PENDING", "RUNNING", "COMPARING", "COMPLETED", "FAILED")
 
 # A device an account's agent registered: what it is, and when it last asked for work.
 devices = sa.Table(
@@ -126,6 +127,7 @@ device_jobs = sa.Table(
     sa.Column("end_time", time_type()),
     sa.Column("pending_deadline", time_type(), nullable=False),
     sa.Column("lease_expires", time_type()),
+    sa.Column("lease_owner", sa.String(128)),  # COMPARING: the server worker running the comparison
     sa.UniqueConstraint("account_id", "name_key"),
     sa.CheckConstraint("status IN (" + ", ".join(f"'{s}'" for s in DEVICE_JOB_STATUSES) + ")", name="status"),
     sa.Index("ix_device_jobs_account_created", "account_id", "creation_time", "id"),

@@ -24,7 +24,7 @@ from modelkiln.jobs.errors import (
     IllegalTransition, JobExists, JobNotFound, JobNotTerminal, LeaseLost, StatusConflict, TagLimitExceeded,
     TooManyActiveJobs,
 )
-from modelkiln.jobs.model import ACTIVE, INPROGRESS, STARTING, STOPPED, STOPPING, TERMINAL, Job, can_transition, transition
+from modelkiln.jobs.model import ACTIVE, COMPLETED, INPROGRESS, STARTING, STOPPED, STOPPING, TERMINAL, Job, can_transition, transition
 from modelkiln.jobs.rows import jobs_with_tags, load, name_key, save, values
 from modelkiln.jobs.schema import jobs, logs, tags
 
@@ -94,6 +94,16 @@ class JobStore:
         """The account's job of that name; JobNotFound if there is none."""
         with database.read(self.engine) as conn:
             return _found(load(conn, account_id, name), account_id, name)
+
+    def wrote_artifact(self, account_id: str, uri: str) -> Job | None:
+        """The account's newest COMPLETED job whose artifact is at uri (an inference job's artifact, traced to
+        the compile that made it and so to its source model); None if no job of the account wrote it."""
+        with database.read(self.engine) as conn:
+            rows = conn.execute(sa.select(jobs).where(
+                jobs.c.account_id == account_id, jobs.c.status == COMPLETED, jobs.c.artifact_uri == uri)
+                .order_by(jobs.c.creation_time.desc(), jobs.c.id.desc()).limit(1)).all()
+            found = jobs_with_tags(conn, rows)
+        return found[0] if found else None
 
     def list(self, account_id: str, request: ListRequest) -> tuple[builtins.list[Job], str | None]:
         """One page of ListCompilationJobs for the account, and the NextToken for the next (None on the last)."""

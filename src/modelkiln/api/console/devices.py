@@ -116,6 +116,10 @@ async def devices_page(console: Any, request: Request) -> Response:
                           devices=[device_row(d, now) for d in devices], jobs=[job_row(j) for j in jobs])
 
 
+COMPARISON_ROWS = ("Status", "CompilationJobName", "Rule", "Detail", "Reference", "MaxAbsErr", "MaxRelErr", "Cosine",
+                   "Top1Agreement")
+
+
 async def device_job_page(console: Any, request: Request) -> Response:
     session = await console.signed_in(request)
     name = request.path_params["name"]
@@ -128,8 +132,10 @@ async def device_job_page(console: Any, request: Request) -> Response:
     result = job.result or {}
     inference = result.get("Inference") if isinstance(result.get("Inference"), dict) else None
     outputs = [o for o in (inference or {}).get("Outputs") or [] if isinstance(o, dict)]
+    comparison = result.get("Comparison") if isinstance(result.get("Comparison"), dict) else {}
     return console.render(request, "device_job.html", session, active="/console/devices", job=job,
                           row=job_row(job), request_rows=[(k, text(v, 1024)) for k, v in job.request.items()],
                           profile=profile_view(result.get("Profile")), inference=inference,
                           outputs=[(text(o.get("Name"), 80), text(o.get("Dtype"), 20), text(o.get("Shape"), 200))
-                                   for o in outputs], running=job.status in ("PENDING", "RUNNING"))
+                                   for o in outputs], running=job.status in ("PENDING", "RUNNING", "COMPARING"),
+                          comparison=[(k, text(comparison[k], 2048)) for k in COMPARISON_ROWS if k in comparison])
