@@ -31,6 +31,7 @@ def kiln(tmp_path_factory):
     server = KilnServer(data)
     owner, other = server.create_account(), server.create_account()
     server.start()
+    server.client("s3", owner).create_bucket(Bucket="dev")  # the owner's models, inputs and outputs
     yield server, owner, other
     server.stop()
 
@@ -40,7 +41,6 @@ def artifacts(models, tmp_path_factory, kiln):
     """The small CNN compiled for ml_c5 (onnxruntime, openvino) and rasp4b (onnxruntime), in the owner's bucket."""
     server, owner, _ = kiln
     s3 = server.client("s3", owner)
-    s3.create_bucket(Bucket="dev")
     uris = {}
     for key, target, backend in (("x86-ort", "ml_c5", "onnxruntime"), ("x86-ov", "ml_c5", "openvino"),
                                  ("arm-ort", "rasp4b", "onnxruntime")):
@@ -378,8 +378,6 @@ def compiled_by_kiln(kiln, models):
     from tests.api.kiln_server import job_request, wait_for_job
     server, owner, _ = kiln
     s3, sagemaker = server.client("s3", owner), server.client("sagemaker", owner)
-    if "dev" not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:  # the artifacts fixture may have made it
-        s3.create_bucket(Bucket="dev")
     s3.upload_file(str(models / "cnn_pth.tar.gz"), "dev", "src/cnn_pth.tar.gz")
     for name, target in (("pth-x86", "ml_c5"), ("pth-pi", "rasp4b")):
         sagemaker.create_compilation_job(**job_request(owner, name, "s3://dev/src/cnn_pth.tar.gz", framework="PYTORCH",
@@ -484,3 +482,61 @@ def test_wrong_device_outputs_are_caught_and_a_replaced_artifact_is_not_compared
         assert job["Status"] == "COMPLETED" and "Comparison" not in job and "CompilationJobName" not in job
     finally:
         client.deregister_device(DeviceName="liar")
+
+
+def fake_device_profiles(client, device: str, p50_ms: dict[str, float | None]) -> list[str]:
+    """Answer the device's profile jobs as its agent would: candidate key -> median latency (None: it failed)."""
+    answered = []
+    while len(answered) < len(p50_ms):
+        work = client.poll_device_work(DeviceName=device, WaitSeconds=10).get("Work")
+        if work is None:
+            continue
+        assert work["Kind"] == "PROFILE"
+        key = work["ModelS3Uri"].rsplit("/", 1)[1].removesuffix(".tar.gz")
+        answered.append(key)
+        if p50_ms[key] is None:
+            client.report_device_work(DeviceName=device, JobName=work["JobName"], Status="FAILED",
+                                      FailureReason=f"ClientError: {key} is not installed on this device")
+            continue
+        client.report_device_work(DeviceName=device, JobName=work["JobName"], Status="COMPLETED", Profile={
+            "Backend": key, "Precision": "float32", "ColdLoadMs": 50.0, "WarmLoadMs": 5.0, "Runs": 100,
+            "Latency": {"P50Ms": p50_ms[key], "P90Ms": p50_ms[key], "P99Ms": p50_ms[key], "MeanMs": p50_ms[key],
+                        "MinMs": p50_ms[key], "MaxMs": p50_ms[key]},
+            "PeakMemoryBytes": 1 << 20, "Layers": [], "LayerSource": "none", "Emulated": False, "Notes": []})
+    return answered
+
+
+def test_a_registered_device_of_the_target_type_chooses_the_backend_unasked(kiln, models, tmp_path, monkeypatch):
+    """rasp4b's backend order is extrapolated from x86 unless a real rasp4b of the account's is ONLINE: then its
+    timings choose. (The test answers as that device: this host has no real aarch64 board, and the emulated agent's
+    timings, being qemu's, are never used unasked.)"""
+    import tarfile
+
+    from tests.api.kiln_server import job_request, wait_for_job
+    server, owner, _ = kiln
+    s3, sagemaker = server.client("s3", owner), server.client("sagemaker", owner)
+    client = kiln_client(server, owner, monkeypatch)
+    s3.upload_file(str(models / "cnn_onnx.tar.gz"), "dev", "src/cnn.tar.gz")
+    client.register_device(DeviceName="pi-real", DeviceType="rasp4b", Facts={"Arch": "aarch64", "Emulated": False})
+
+    def compile_and_answer(name: str, p50_ms: dict[str, float | None]) -> dict:
+        sagemaker.create_compilation_job(**job_request(owner, name, "s3://dev/src/cnn.tar.gz", target="rasp4b",
+                                                       output=f"s3://dev/{name}/", options=None))
+        assert sorted(fake_device_profiles(client, "pi-real", p50_ms)) == sorted(p50_ms)
+        job = wait_for_job(sagemaker, name, timeout_s=300)
+        assert job["CompilationJobStatus"] == "COMPLETED", job.get("FailureReason")
+        s3.download_file("dev", f"{name}/cnn-rasp4b.tar.gz", str(tmp_path / f"{name}.tar.gz"))
+        with tarfile.open(tmp_path / f"{name}.tar.gz") as tar:
+            return json.load(tar.extractfile("report.json"))
+
+    try:
+        report = compile_and_answer("auto-timed", {"onnxruntime": 9.0, "openvino": 2.0, "iree": 5.0})
+        assert report["selected"] == "openvino" and "on device pi-real" in report["selection"]
+        assert "chosen unasked" in report["selection"]
+        assert {p["candidate"]: p["p50_ms"] for p in report["device_profiles"]}["iree"] == 5.0
+        # the device times nothing: the compile still ships, by the catalog's order, saying why
+        report = compile_and_answer("auto-untimed", {"onnxruntime": None, "openvino": None, "iree": None})
+        assert report["selected"] == "onnxruntime" and "catalog's order" in report["selection"]
+        assert any("device pi-real was asked to time the candidates but did not" in n for n in report["notes"])
+    finally:
+        client.deregister_device(DeviceName="pi-real")

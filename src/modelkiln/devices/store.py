@@ -16,7 +16,8 @@ import sqlalchemy as sa
 
 from modelkiln.devices.errors import DeviceJobExists, DeviceJobNotFound, DeviceNotFound, NotYourWork
 from modelkiln.devices.model import (
-    COMPARING, COMPLETED, FAILED, INFERENCE, NOT_COMPARED, PENDING, RUNNING, Comparison, Device, DeviceJob,
+    COMPARING, COMPLETED, FAILED, INFERENCE, NOT_COMPARED, ONLINE_WITHIN_S, PENDING, RUNNING, Comparison, Device,
+    DeviceJob,
 )
 from modelkiln.jobs import database, paging
 from modelkiln.jobs.schema import device_jobs, devices
@@ -62,6 +63,16 @@ class DeviceStore:
         page = [_to_device(r) for r in rows[:max_results]]
         more = len(rows) > max_results
         return page, paging.encode("devices", rows[max_results - 1].name_key, rows[max_results - 1].id) if more else None
+
+    def online_of_type(self, account_id: str, device_type: str, now: float | None = None) -> Device | None:
+        """The account's device of that type seen most recently, if it is ONLINE and not emulated (its timings
+        would be the emulator's): where a compile for that TargetDevice is timed unless it names one."""
+        now = time.time() if now is None else now
+        with database.read(self.engine) as conn:
+            rows = conn.execute(sa.select(devices).where(
+                devices.c.account_id == account_id, devices.c.device_type == device_type,
+                devices.c.last_seen_time >= now - ONLINE_WITHIN_S).order_by(devices.c.last_seen_time.desc())).all()
+        return next((d for d in map(_to_device, rows) if not d.facts.get("Emulated")), None)
 
     def deregister(self, account_id: str, name: str, now: float | None = None) -> None:
         """Remove the device; its unfinished jobs fail, saying so."""

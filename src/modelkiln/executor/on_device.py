@@ -1,4 +1,6 @@
-"""kiln-profile-on: the compile's verified candidates timed on one of the account's devices, the fastest shipped.
+"""The compile's verified candidates timed on one of the account's devices, the fastest shipped: the device
+kiln-profile-on names, or, unasked, the account's ONLINE device of the job's TargetDevice type when that target
+is of another architecture than the worker's (whose backend order would otherwise be extrapolated from this one).
 
 The sandboxed compile packages every verified candidate (compiler CompileJob.candidates_dir); the supervisor
 uploads each beside the job's output, queues a profile job per candidate for the device (the same jobs
@@ -19,10 +21,12 @@ from typing import Any
 
 from modelkiln.devices.model import COMPLETED, PROFILE, TERMINAL, DeviceJob
 from modelkiln.devices.store import DeviceStore
+from modelkiln.executor.spec import compiler_option
 from modelkiln.jobs.model import Job
 from modelkiln.storage import ObjectStore, parse_s3_uri, upload_file
 
 RUNS = 100  # timed runs per candidate on the device
+AUTO_WAIT_S = 600  # unasked, a device that has not timed every candidate by then is given up on
 POLL_S = 1.0
 MAX_REPORT_BYTES = 1 << 20
 
@@ -37,6 +41,42 @@ class Timed:
     p50_ms: float | None = None
     status: str = "PENDING"
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where a compile's candidates are timed: device None (on the worker, as the catalog orders), the device
+    kiln-profile-on names, or (auto) one of the account's the supervisor chose, and why."""
+
+    device: str | None
+    auto: bool = False
+    why: str = ""
+
+
+def timing_device(devices: DeviceStore, job: Job, worker_arch: str) -> Timing:
+    """The job's Timing. Unasked, a device is used only where it can tell what the worker cannot: the target's
+    architecture differs from the worker's, more than one backend may ship (no kiln-backend), and the device
+    is real (an emulated one's timings are the emulator's)."""
+    options = job.output_config.get("CompilerOptions")
+    named = compiler_option(options, "kiln-profile-on")
+    if named:
+        return Timing(named)
+    target = job.output_config.get("TargetDevice")
+    if not target or compiler_option(options, "kiln-backend"):
+        return Timing(None)
+    device = devices.online_of_type(job.account_id, target)
+    arch = str(device.facts.get("Arch") or "") if device else ""
+    if device is None or not arch or arch == worker_arch:
+        return Timing(None)
+    return Timing(device.name, True, f"chosen unasked: device {device.name} is your ONLINE {target} ({arch}); "
+                                     "name another in kiln-profile-on, or pin kiln-backend to skip this")
+
+
+def not_timed_note(report: dict, device: str, reason: str) -> dict:
+    """report.json of an artifact the catalog's order chose because the device chosen unasked timed nothing."""
+    report.setdefault("notes", []).append(f"device {device} was asked to time the candidates but did not ({reason}); "
+                                          "the catalog's order chose")
+    return report
 
 
 class NotTimed(Exception):

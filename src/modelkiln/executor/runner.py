@@ -11,6 +11,7 @@ import collections
 import hashlib
 import json
 import os
+import platform
 import queue
 import socket
 import sys
@@ -25,10 +26,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from modelkiln.errors import CompilationError, KilnError, failure_reason
-from modelkiln.literal import parse_literal
 from modelkiln.devices.store import DeviceStore
 from modelkiln.executor import on_device, sandbox, scratch
-from modelkiln.executor.spec import JobSpec, artifact_name
+from modelkiln.executor.spec import JobSpec, artifact_name, compiler_option
 from modelkiln.jobs.errors import JobError, LeaseLost, StatusConflict
 from modelkiln.jobs.model import COMPLETED, FAILED, INPROGRESS, STOPPED, STOPPING, Job
 from modelkiln.jobs.store import JobStore
@@ -95,6 +95,7 @@ class _Supervisor:
         self.lines: queue.Queue[str] = queue.Queue()
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.child: sandbox.Child | None = None
+        self.timing = on_device.Timing(None)
 
     def run(self) -> str:
         self.log(f"kiln: job {self.job.name} claimed by worker {self.worker_id} (attempt {self.job.attempts})")
@@ -115,6 +116,9 @@ class _Supervisor:
         fetched = self._renewing(self._fetch)
         if isinstance(fetched, str):
             return self._finish(FAILED, {INPROGRESS}, failure_reason=fetched)
+        self.timing = on_device.timing_device(DeviceStore(self.store.engine), self.job, platform.machine())
+        if self.timing.auto:
+            self.log(f"profile: {self.timing.why}")
         spec = self._spec(*fetched)
         spec.write(self.work / "spec.json")
         (self.work / "spec.json").chmod(0o644)  # written as the worker, read as the job's uid
@@ -131,7 +135,7 @@ class _Supervisor:
         model = self._download(uri, "InputConfig.S3Uri", None, "upload the model there, or correct S3Uri")
         if isinstance(model, str):
             return model
-        data_uri = _compiler_option(self.job.output_config.get("CompilerOptions"), "kiln-calibration")
+        data_uri = compiler_option(self.job.output_config.get("CompilerOptions"), "kiln-calibration")
         if data_uri is None:
             return model, None
         data = self._download(data_uri, "CompilerOptions kiln-calibration", "calibration-data.npz",
@@ -152,7 +156,7 @@ class _Supervisor:
         return local
 
     def _choose_on_device(self, device: str, deadline: float) -> Path:
-        """kiln-profile-on: the candidate the device timed fastest, with a report that says so (on_device.py)."""
+        """The candidate the device timed fastest, with a report that says so (on_device.py)."""
         found = on_device.candidates(self.work / "out" / "candidates")
         if not found:
             raise on_device.NotTimed("ServerError: the compile reported success but packaged no candidate for "
@@ -164,7 +168,7 @@ class _Supervisor:
         if not timed:  # a stop was asked for meanwhile
             return self.work / "out" / "model.tar.gz"
         winner = on_device.fastest(device, timed)
-        how = on_device.selection(device, facts, winner, timed)
+        how = on_device.selection(device, facts, winner, timed) + (f" ({self.timing.why})" if self.timing.auto else "")
         self.log(f"profile: {how}")
         return on_device.with_report(winner.artifact, self.work / "model-on-device.tar.gz",
                                      lambda report: on_device.device_report(report, device, winner, timed, how))
@@ -194,8 +198,7 @@ class _Supervisor:
         return JobSpec(
             framework=inp["Framework"], model_path=str(self.jail.inside(model)),
             calibration_path=str(self.jail.inside(calibration)) if calibration else None,
-            candidates_dir=(str(sandbox.JOB_ROOT / "out" / "candidates")
-                            if _compiler_option(out.get("CompilerOptions"), "kiln-profile-on") else None),
+            candidates_dir=str(sandbox.JOB_ROOT / "out" / "candidates") if self.timing.device else None,
             output_dir=str(sandbox.JOB_ROOT / "out"), result_path=str(sandbox.JOB_ROOT / RESULT),
             data_input_config=inp.get("DataInputConfig"), framework_version=inp.get("FrameworkVersion"),
             target_device=out.get("TargetDevice"),
@@ -240,13 +243,18 @@ class _Supervisor:
         if not result.get("ok"):
             return self._finish(FAILED, {INPROGRESS}, failure_reason=str(result.get("reason"))[:MAX_REASON])
         artifact = self.work / "out" / "model.tar.gz"
-        device = _compiler_option(self.job.output_config.get("CompilerOptions"), "kiln-profile-on")
+        device = self.timing.device
         if device:
+            until = min(deadline, time.time() + on_device.AUTO_WAIT_S) if self.timing.auto else deadline
             try:
-                artifact = self._renewing(lambda: self._choose_on_device(device, deadline))
+                artifact = self._renewing(lambda: self._choose_on_device(device, until))
             except (on_device.NotTimed, KilnError) as exc:
                 reason = str(exc) if isinstance(exc, on_device.NotTimed) else failure_reason(exc)
-                return self._finish(FAILED, {INPROGRESS}, failure_reason=reason[:MAX_REASON])
+                if not self.timing.auto:
+                    return self._finish(FAILED, {INPROGRESS}, failure_reason=reason[:MAX_REASON])
+                self.log(f"profile: not timed on device {device}, so the compile's own choice ships: {reason}")
+                artifact = self._renewing(lambda: on_device.with_report(
+                    artifact, self.work / "model-noted.tar.gz", lambda r: on_device.not_timed_note(r, device, reason)))
             if self._status() == STOPPING:
                 return self._finish(STOPPED, {STOPPING})
         fields = self._renewing(lambda: self._upload(result, artifact))
@@ -301,16 +309,6 @@ class _Supervisor:
 
     def log(self, line: str) -> None:
         self.store.append_log(self.job_id, [line])
-
-
-def _compiler_option(compiler_options: str | None, key: str) -> str | None:
-    """A Kiln option of the job's CompilerOptions (validated when the job was created) the supervisor acts on."""
-    try:
-        options = parse_literal(compiler_options, "OutputConfig.CompilerOptions") if compiler_options else None
-    except KilnError:  # checked at CreateCompilationJob: only a changed parser could get here
-        return None
-    value = options.get(key) if isinstance(options, dict) else None
-    return value if isinstance(value, str) else None
 
 
 def read_result(path: Path) -> dict | None:

@@ -8,6 +8,9 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from modelkiln.errors import KilnError
+from modelkiln.literal import parse_literal
+
 
 @dataclass(frozen=True)
 class JobSpec:
@@ -53,3 +56,13 @@ def artifact_name(input_uri: str, target_device: str | None, target_platform: di
     platform = target_platform or {}
     target = target_device or "_".join(platform[k] for k in ("Os", "Arch", "Accelerator") if k in platform)
     return f"{stem or 'model'}-{target.lower()}.tar.gz"
+
+
+def compiler_option(compiler_options: str | None, key: str) -> str | None:
+    """A Kiln option of the job's CompilerOptions (validated when the job was created) the supervisor acts on."""
+    try:
+        options = parse_literal(compiler_options, "OutputConfig.CompilerOptions") if compiler_options else None
+    except KilnError:  # checked at CreateCompilationJob: only a changed parser could get here
+        return None
+    value = options.get(key) if isinstance(options, dict) else None
+    return value if isinstance(value, str) else None
