@@ -226,7 +226,7 @@ class DeviceStore:
         """FAIL RUNNING jobs whose lease ran out and PENDING jobs past their deadline; COMPLETE, uncompared, the
         COMPARING jobs whose comparison lapsed (its worker died, or none took it). The jobs changed."""
         now = time.time() if now is None else now
-        failed = []
+        changed = []
         with database.write(self.engine) as conn:
             rows = conn.execute(sa.select(device_jobs).where(sa.or_(
                 sa.and_(device_jobs.c.status.in_([RUNNING, COMPARING]), device_jobs.c.lease_expires < now),
@@ -237,13 +237,13 @@ class DeviceStore:
                 if job.status == COMPARING:
                     changes = _compared(job, _comparison_lost(job, now), now)
                     conn.execute(sa.update(device_jobs).where(device_jobs.c.id == job.id).values(**changes))
-                    failed.append(dataclasses.replace(job, **changes))
+                    changed.append(dataclasses.replace(job, **changes))
                     continue
                 reason = _lost_reason(job, now) if job.status == RUNNING else _never_claimed_reason(conn, job)
                 conn.execute(sa.update(device_jobs).where(device_jobs.c.id == job.id).values(
                     status=FAILED, failure_reason=reason, end_time=now, last_modified_time=now, lease_expires=None))
-                failed.append(dataclasses.replace(job, status=FAILED, failure_reason=reason, end_time=now))
-        return failed
+                changed.append(dataclasses.replace(job, status=FAILED, failure_reason=reason, end_time=now))
+        return changed
 
 
 def _compared(job: DeviceJob, comparison: Comparison, now: float) -> dict[str, Any]:
