@@ -42,7 +42,10 @@ ROUTES = ("ort-fp32", "ort-int8", "ort-int8-dynamic", "ov-int8", "kiln-auto", "k
 BUDGETS = {"default": "kiln-auto", "loose": "kiln-auto-loose"}  # each budget's Kiln route
 # ort-int8-dynamic: onnxruntime's docs recommend dynamic quantization for transformers; made for encoders only
 SINGLE_TOOL_INT8 = ("ort-int8", "ort-int8-dynamic", "ov-int8")
-TARGET = "ml_c5"
+# Kiln compiles for this machine's own CPU, as a user deploying here would: TargetPlatform LINUX/X86_64 with the
+# catalog's mcpu whose instructions this machine has (runs before 2026-12-05 used ml_c5, a Skylake without the
+# VNNI and bf16 instructions this machine has, so Kiln could not use them while the other routes did)
+PLATFORM = {"Os": "LINUX", "Arch": "X86_64"}
 # Calibration samples per family: a CNN classifier's top-1 budget is judged at 95% confidence on Kiln's held-out
 # quarter, so the CNNs get 256 (64 held out: enough to show 0.95, not 0.99); the encoders' cosine budget needs no more
 N_CAL = {"CNN": 256, "BERT": 64}
@@ -207,13 +210,23 @@ def kiln(archive: Path, inputs: dict[str, list[int]], options: dict | None, out:
     return str(out / "model.tar.gz"), json.loads((out / "report.json").read_text())
 
 
+def host_mcpu() -> str:
+    """The catalog's x86-64 CPU all of whose instructions this machine has, the richest in the ones that make
+    reduced precision fast (VNNI, bf16, AMX), then in all."""
+    from modelkiln.runtime.model import host_cpu_flags
+    from modelkiln.targets.catalog import NATIVE_PRECISION, load_catalog
+    fast = set().union(*NATIVE_PRECISION.values(), {"avx512_vnni", "avx_vnni"})
+    cpus, flags = load_catalog()["arch"]["x86_64"]["cpus"], host_cpu_flags()
+    return max((n for n, f in cpus.items() if set(f) <= flags), key=lambda n: (len(fast & set(cpus[n])), len(cpus[n])))
+
+
 def compile_child(archive: str, inputs: str, options: str, out: str) -> None:
     """The --compile child: one compile_job; a failure is its last stderr line."""
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime's quantizer warns once per LayerNorm weight
     from modelkiln.compiler import CompileJob, compile_job
     try:
-        compile_job(CompileJob(Path(archive), "ONNX", Path(out), inputs, TARGET,
-                               compiler_options=options if json.loads(options) else None))
+        compile_job(CompileJob(Path(archive), "ONNX", Path(out), inputs, None, PLATFORM,
+                               compiler_options=json.dumps({"mcpu": host_mcpu(), **json.loads(options)})))
     except Exception as exc:
         print(f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}", file=sys.stderr)
         sys.exit(1)
@@ -611,11 +624,12 @@ per_channel=True, QInt8 weights)` with a CalibrationDataReader, run like ort-fp3
 only; onnxruntime's docs recommend dynamic quantization for transformers): `quantize_dynamic(QInt8)`.
 **ov-int8**: NNCF's documented `nncf.quantize(ov_model, nncf.Dataset(samples))` (ModelType.TRANSFORMER for
 encoders), compiled with the CPU plugin's defaults plus PERFORMANCE_HINT=LATENCY on all cores (the notes give the
-precision the plugin picked for layers left in float). **kiln-auto**: `compile_job(ONNX, target {TARGET},
-{{"kiln-precision": "auto"}})` with calibration.npz, run through `modelkiln.runtime.Model`; **kiln-auto-loose**:
-the same with `kiln-accuracy` set to the loose budget below; **kiln-fp32**: the same compile without options.
-{TARGET} is skylake-avx512, which has neither VNNI nor bf16: Kiln makes no bf16 candidates for it, while this
-host has both (see the CPU flags).
+precision the plugin picked for layers left in float). **kiln-auto**: `compile_job(ONNX, TargetPlatform
+LINUX/X86_64, {{"mcpu": "{host_mcpu()}", "kiln-precision": "auto"}})` with calibration.npz, run through
+`modelkiln.runtime.Model`: this machine's own CPU, as a user deploying here would target it (`{host_mcpu()}` is the
+catalog's CPU whose instructions this machine has, so Kiln may use its VNNI and bf16 as the other routes do; runs
+before 2026-12-05 targeted ml_c5, a Skylake without them); **kiln-auto-loose**: the same with `kiln-accuracy` set
+to the loose budget below; **kiln-fp32**: the same compile without `kiln-precision`.
 
 **Measures.** Latency: median of one batch-1 call after 3 warm-ups on {THREADS} threads, each route in its own fresh
 process, 3 interleaved rounds of >= {MIN_RUNS} calls and >= {MIN_S} s; only rounds in which other processes used

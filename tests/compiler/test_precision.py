@@ -28,6 +28,10 @@ def test_top1_agreement_and_cosine_against_the_source():
     references = [[np.array([[0.1, 0.9, 0.0]], np.float32)], [np.array([[0.8, 0.1, 0.1]], np.float32)]]
     flipped = [[np.array([[0.1, 0.9, 0.0]], np.float32)], [np.array([[0.1, 0.8, 0.1]], np.float32)]]
     assert classifier_like(references[0][0]) and not classifier_like(np.zeros((1, 3, 8, 8), np.float32))
+    embedding = np.random.default_rng(0).standard_normal((2, 384)).astype(np.float32)
+    embedding /= np.linalg.norm(embedding, axis=1, keepdims=True)  # L2-normalized, as sentence encoders give it
+    assert not classifier_like(embedding) and classifier_like(3 * embedding)  # logits of any norm are scores
+    assert classifier_like(np.array([[0.9999, 0.0001, 0.0]], np.float32))  # a confident softmax: no negatives
     same = measure(references, references, None, "test")
     assert same.top1_agreement == 1.0 and same.cosine == pytest.approx(1.0)
     assert not same.met and "give at least 268 evaluation samples" in same.describe()  # 2 of 2 show little

@@ -70,8 +70,13 @@ class Accuracy:
 
 
 def classifier_like(reference: np.ndarray) -> bool:
-    """[batch, classes] scores: the output a top-1 decision is read from."""
-    return reference.ndim == 2 and reference.shape[1] >= 2 and reference.dtype.kind == "f"
+    """[batch, classes] scores: the output a top-1 decision is read from. Not an embedding of the same shape,
+    told by its rows: unit L2 norm with negative entries (a sentence embedding, L2-normalized), where a softmax
+    row has no negative entry and logits no fixed norm. Its users compare embeddings by cosine."""
+    if reference.ndim != 2 or reference.shape[1] < 2 or reference.dtype.kind != "f":
+        return False
+    norms = np.linalg.norm(reference.astype(np.float64), axis=1)
+    return not (np.abs(norms - 1.0) < 1e-3).all() or not (reference < 0).any()
 
 
 def budget_for(reference: np.ndarray, asked: AccuracyBudget | None) -> AccuracyBudget:
