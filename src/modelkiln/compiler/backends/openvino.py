@@ -4,8 +4,8 @@ quantization on the calibration samples."""
 from __future__ import annotations
 
 import logging
-import time
 import re
+import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
