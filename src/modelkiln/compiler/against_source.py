@@ -111,7 +111,9 @@ def source_outputs(archive: Path, framework: str, data_input_config: str | None,
         model_dir = extract_model(archive, Path(tmp) / "model")
         model = frontend_for(framework)(model_dir, data_input_config, options.input_dtype, options.recorded)
         outputs = model.reference(feeds(given, [i.name for i in model.inputs]))
-    ran = f"{model.framework} {model.framework_version}" if model.framework_version else model.framework
+    # a TorchScript file records no version: then name the server's packages that read and ran it
+    ran = (f"{model.framework} {model.framework_version}" if model.framework_version else
+           f"{model.framework} (the server's {', '.join(f'{k} {v}' for k, v in model.converters.items())})")
     return {o.name: np.asarray(a) for o, a in zip(model.outputs, outputs)}, ran
 
 
