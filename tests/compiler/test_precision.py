@@ -12,6 +12,7 @@ import pytest
 
 from modelkiln.compiler import CompileJob, compile_job
 from modelkiln.compiler.accuracy import classifier_like, measure
+from modelkiln.compiler.calibration import CALIBRATION_MAX, samples_for_evaluation, split
 from modelkiln.compiler.report import render_text
 from modelkiln.compiler.routes import native_precisions
 from modelkiln.errors import CompilationError, ValidationError
@@ -34,18 +35,29 @@ def test_top1_agreement_and_cosine_against_the_source():
     assert classifier_like(np.array([[0.9999, 0.0001, 0.0]], np.float32))  # a confident softmax: no negatives
     same = measure(references, references, None, "test")
     assert same.top1_agreement == 1.0 and same.cosine == pytest.approx(1.0)
-    assert not same.met and "give at least 268 evaluation samples" in same.describe()  # 2 of 2 show little
+    assert not same.met and "give at least 268 evaluation samples (a calibration.npz of 524 samples" in same.describe()
     many = measure(references * 134, references * 134, None, "test")  # 268 of 268 agree: 0.99 is shown
     assert many.met and many.top1_decisions == (268, 268) and many.top1_lower_bound >= 0.99
     assert measure(references * 16, references * 16, AccuracyBudget("top1_agreement", 0.85), "test").met
     one_off = measure(references * 133 + flipped[1:], references * 134, None, "test")  # 267 of 268
     assert not one_off.met and "267/268" in one_off.describe() and "give at least" not in one_off.describe()
+    assert many.margin == 0.0 and one_off.margin == pytest.approx(-1 / 268)  # a decision short of the bound
     half = measure(flipped, references, None, "test")  # the default budget of a classifier: top-1 >= 0.99
     assert not half.met and half.top1_agreement == 0.5 and "top1_agreement >= 0.99" in half.describe()
-    assert measure(flipped, references, AccuracyBudget("cosine", 0.25), "test").met  # worst sample: 0.258
+    loose = measure(flipped, references, AccuracyBudget("cosine", 0.25), "test")  # worst sample: 0.258
+    assert loose.met and loose.margin == pytest.approx(loose.cosine - 0.25) and loose.margin > 0
     maps = [[np.ones((1, 4, 2, 2), np.float32)]]  # not a classifier: cosine, even when top-1 was asked for
     scaled = measure([[2 * maps[0][0]]], maps, AccuracyBudget("top1_agreement", 0.99), "test")
     assert scaled.met and scaled.top1_agreement is None and scaled.budgets == ["output 0: cosine >= 0.999"]
+
+
+def test_up_to_256_samples_calibrate_spread_over_the_file_and_every_other_one_is_held_out():
+    assert [len(part) for part in split(40)] == [30, 10]  # one in four held out
+    calibrating, evaluating = split(1072)
+    assert (len(calibrating), len(evaluating)) == (CALIBRATION_MAX, 816)  # 0.99 top-1 can then be shown
+    classes = np.repeat(np.arange(8), 134)  # a file sorted by class: each class calibrates and evaluates
+    assert set(classes[calibrating]) == set(classes[evaluating]) == set(range(8))
+    assert len(split(samples_for_evaluation(268))[1]) == 268 and len(split(samples_for_evaluation(52))[1]) == 52
 
 
 def test_auto_tries_bf16_only_where_the_target_cpu_computes_it():
@@ -99,6 +111,19 @@ def test_auto_measures_every_precision_on_held_out_samples_and_ships_the_fastest
     x = np.random.default_rng(1).standard_normal(CNN_SHAPE).astype(np.float32)
     assert model.meta["Precision"] == winner.precision
     assert np.asarray(model.run({"data": x})[0]).shape == (1, 10)
+
+
+def test_bf16_which_no_sample_went_into_is_judged_on_every_sample(calibrated, tmp_path):
+    report = _compile(calibrated, tmp_path, '{"kiln-precision": "bfloat16", "kiln-backend": "openvino", '
+                                            '"mcpu": "znver4", "kiln-accuracy": {"cosine": 0.9}}')
+    assert report.winner().check.accuracy.samples == SAMPLES  # int8's calibration samples are unseen by bf16
+
+
+def test_accuracy_control_is_not_tried_where_the_samples_cannot_show_the_budget(calibrated, tmp_path):
+    report = _compile(calibrated, tmp_path, '{"kiln-precision": "auto", "kiln-backend": "openvino"}')
+    int8 = next(c for c in report.candidates if c.key == "openvino-int8")  # default budget: top-1 >= 0.99
+    assert int8.status == "rejected" and "accuracy control cannot help: 10 decisions cannot show" in int8.command
+    assert "(a calibration.npz of 524 samples" in int8.command
 
 
 def test_openvino_int8_over_budget_gives_layers_back_to_float32_until_it_holds(calibrated, tmp_path):

@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from modelkiln.compiler.calibration import CALIBRATION_MAX, samples_for_evaluation
 from modelkiln.targets.options import AccuracyBudget
 
 # The defaults per output kind, stated in every report that uses them.
@@ -43,6 +44,17 @@ def decisions_needed(bound: float) -> int:
     return math.ceil(bound * Z * Z / (1 - bound)) if bound < 1 else 10**9
 
 
+def agreeing_needed(bound: float, total: int) -> int | None:
+    """The fewest of total decisions that, agreeing, show top-1 agreement >= bound at 95% confidence; None when
+    even all of them cannot."""
+    if agreement_lower_bound(total, total) < bound:
+        return None
+    agreeing = total
+    while agreeing > 0 and agreement_lower_bound(agreeing - 1, total) >= bound:
+        agreeing -= 1
+    return agreeing
+
+
 @dataclass
 class Accuracy:
     """A candidate's outputs against the source's over the evaluation samples (the worst output counts)."""
@@ -54,6 +66,7 @@ class Accuracy:
     top1_agreement: float | None  # over classifier-like outputs; None when there are none
     budgets: list[str]  # the budget each output was judged by
     met: bool
+    margin: float  # how far the output that clears its budget least clears it (< 0: missed), in its metric's units
     top1_decisions: tuple[int, int] | None = None  # (agreeing, total) for the worst classifier-like output
     top1_lower_bound: float | None = None  # what those decisions show with 95% confidence: judged by the budget
     hint: str = ""  # how to make the figure able to meet the budget, when too few samples were the cause
@@ -90,7 +103,7 @@ def budget_for(reference: np.ndarray, asked: AccuracyBudget | None) -> AccuracyB
 def measure(outputs: Sequence[Sequence[np.ndarray]], references: Sequence[Sequence[np.ndarray]],
             asked: AccuracyBudget | None, data: str) -> Accuracy:
     """outputs[s][k]: the candidate's output k on evaluation sample s; references likewise, from the source."""
-    cosines, rel_errs, budgets, met = [], [], [], True
+    cosines, rel_errs, budgets, margins = [], [], [], []
     top1: list[tuple[float, int, int]] = []  # (lower bound, agreeing, total) per classifier-like output
     hint = ""
     for k in range(len(references[0])):
@@ -108,19 +121,31 @@ def measure(outputs: Sequence[Sequence[np.ndarray]], references: Sequence[Sequen
             figures["top1_agreement"] = bound
         budget = budget_for(np.asarray(references[0][k]), asked)
         budgets.append(f"output {k}: {budget.describe()}" + (" (at 95% confidence)" if budget.metric == "top1_agreement" else ""))
-        ok = budget.met_by(figures[budget.metric])
-        met = met and ok
-        if not ok and budget.metric == "top1_agreement" and agreement_lower_bound(total, total) < budget.bound:
+        margins.append(_margin(budget, figures, top1[-1] if budget.metric == "top1_agreement" else None))
+        if margins[-1] < 0 and budget.metric == "top1_agreement" and agreeing_needed(budget.bound, total) is None:
             need = decisions_needed(budget.bound)
             hint = (f"{total} decisions cannot show top-1 agreement >= {budget.bound:g} at 95% confidence even if "
-                    f"all agree: give at least {need} evaluation samples (every 4th sample of calibration.npz "
-                    f"is one: {4 * need} samples), or relax kiln-accuracy")
+                    f"all agree: give at least {need} evaluation samples (a calibration.npz of "
+                    f"{samples_for_evaluation(need)} samples: Kiln calibrates on at most {CALIBRATION_MAX} and "
+                    "evaluates on the rest), or relax kiln-accuracy")
         cosines.append(cos)
         rel_errs.append(rel)
     worst = min(top1) if top1 else None
     return Accuracy(len(references), data, min(cosines), max(rel_errs),
-                    worst[1] / worst[2] if worst else None, budgets, met,
+                    worst[1] / worst[2] if worst else None, budgets, min(margins) >= 0, min(margins),
                     (worst[1], worst[2]) if worst else None, worst[0] if worst else None, hint)
+
+
+def _margin(budget: AccuracyBudget, figures: dict[str, float], top1: tuple[float, int, int] | None) -> float:
+    """How far an output clears its budget. Top-1 in the share of decisions to spare beyond those the 95% bound
+    needs (a search such as NNCF's accuracy control can aim at it), else in the metric's own units."""
+    if top1 is not None:
+        _, agreeing, total = top1
+        needed = agreeing_needed(budget.bound, total)
+        return (agreeing - (total + 1 if needed is None else needed)) / max(total, 1)
+    if budget.metric == "max_rel_err":
+        return budget.bound - figures["max_rel_err"]
+    return figures[budget.metric] - budget.bound
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -183,11 +183,12 @@ RunSamples = Callable[[list[list[np.ndarray]]], list[list[np.ndarray]]]  # every
 
 
 def check_accuracy(ctx: CheckContext, run: RunSamples, ran_on: str) -> Check:
-    """A reduced-precision candidate run on every evaluation sample and judged by the accuracy budget."""
+    """A reduced-precision candidate run on every sample it was not made from and judged by the accuracy budget."""
     data = ctx.precision_data
     assert data is not None
-    outputs = run([ordered(ctx, feeds) for feeds in data.evaluation])
-    accuracy = measure(outputs, data.expected, ctx.options.accuracy, data.data)
+    samples, expected = data.unseen_by(ctx.options.precision)
+    outputs = run([ordered(ctx, feeds) for feeds in samples])
+    accuracy = measure(outputs, expected, ctx.options.accuracy, data.data)
     return Check("verified" if accuracy.met else "mismatch", ran_on, 0.0, max_rel_err=accuracy.max_rel_err,
                  detail="" if accuracy.met else f"over the accuracy budget: {accuracy.describe()}", accuracy=accuracy)
 

@@ -16,7 +16,7 @@ import openvino as ov
 
 from modelkiln.errors import CompilationError
 from modelkiln.frontends.base import fd_silenced
-from modelkiln.compiler.accuracy import measure
+from modelkiln.compiler.accuracy import Accuracy, measure
 from modelkiln.targets import CompilerOptions, Target
 from modelkiln.targets.options import AccuracyBudget
 
@@ -106,10 +106,11 @@ def ir_runtime(xml: Path) -> tuple[str, str]:
 
 def quantize_int8(model: ov.Model, data: PrecisionData, budget: AccuracyBudget | None,
                   command: str) -> tuple[ov.Model, str]:
-    """NNCF's post-training quantization as its docs show it, ranges from the calibration samples. With a
-    budget (kiln-accuracy) that result misses, its accuracy-control mode: the layers that cost most accuracy on
-    the evaluation samples go back to float32 until the budget holds (a bounded search: ranking every layer
-    of a large model compiles it once per layer). The model, and the call that made it."""
+    """NNCF's post-training quantization as its docs show it, ranges from the calibration samples. When that
+    result misses the budget (kiln-accuracy, else the default per output), its accuracy-control mode: the layers
+    that cost most accuracy on the evaluation samples go back to float32 until the budget holds (a bounded
+    search: ranking every layer of a large model compiles it once per layer). The model, and the call that made
+    it."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
@@ -121,31 +122,39 @@ def quantize_int8(model: ov.Model, data: PrecisionData, budget: AccuracyBudget |
     transformer = is_transformer(model)
     samples = f"<{len(data.calibration)} calibration samples>" + (", model_type=TRANSFORMER" if transformer else "")
     kind = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    wanted = budget.describe() if budget else "the default budget"
     try:
         with fd_silenced(1), fd_silenced(2):  # its progress bars would fill the job log
             quantized = nncf.quantize(model, calibration, subset_size=len(data.calibration), **kind)
+            plain = f"nncf.quantize({command}, {samples})"
             start = time.perf_counter()
             compiled = ov.Core().compile_model(quantized, "CPU")
             compile_s = time.perf_counter() - start
             start = time.perf_counter()
-            if budget is None or _score(compiled, data, budget) >= _target(budget):
-                return quantized, f"nncf.quantize({command}, {samples})"
+            accuracy = _accuracy(compiled, data, budget)
+            if accuracy.met:
+                return quantized, plain
+            if accuracy.hint:  # too few evaluation samples to show the budget, whatever goes back to float32
+                return quantized, f"{plain}; its result misses {wanted}, and accuracy control cannot help: {accuracy.hint}"
             run_s = (time.perf_counter() - start) / max(1, len(data.evaluation))
             layers = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ordered_ops()) // 2
             ranking_s = AC_COST * layers * (compile_s + run_s * min(AC_RANKING, len(data.evaluation)))
             if ranking_s > AC_BUDGET_S:
-                return quantized, (f"nncf.quantize({command}, {samples}); its result misses {budget.describe()}, and "
-                                   f"accuracy control was skipped: ranking its ~{layers} quantized layers would take "
-                                   f"~{ranking_s:.0f} s here (limit {AC_BUDGET_S:.0f} s)")
+                return quantized, (f"{plain}; its result misses {wanted}, and accuracy control was skipped: ranking "
+                                   f"its ~{layers} quantized layers would take ~{ranking_s:.0f} s here (limit "
+                                   f"{AC_BUDGET_S:.0f} s)")
             validation = nncf.Dataset(list(enumerate(data.evaluation)), lambda item: {n: item[1][n] for n in names})
             restorer = AdvancedAccuracyRestorerParameters(max_num_iterations=AC_ITERATIONS,
                                                           ranking_subset_size=min(AC_RANKING, len(data.evaluation)))
+            # The score is the budget's margin (accuracy.measure), which the source itself holds in full: a drop
+            # of all of it is the budget met.
+            ideal = measure(data.expected, data.expected, budget, data.data).margin
             quantized = nncf.quantize_with_accuracy_control(
-                model, calibration, validation, lambda compiled, items: _score(compiled, data, budget, items),
-                max_drop=1.0 - _target(budget), drop_type=nncf.DropType.ABSOLUTE, subset_size=len(data.calibration),
+                model, calibration, validation, lambda compiled, items: _accuracy(compiled, data, budget, items).margin,
+                max_drop=ideal, drop_type=nncf.DropType.ABSOLUTE, subset_size=len(data.calibration),
                 advanced_accuracy_restorer_parameters=restorer, **kind)
             return quantized, (f"nncf.quantize_with_accuracy_control({command}, {samples}, <{len(data.evaluation)} "
-                               f"evaluation samples>, {budget.describe()}, max_num_iterations={AC_ITERATIONS})")
+                               f"evaluation samples>, {wanted}, max_num_iterations={AC_ITERATIONS})")
     except Exception as exc:
         raise CompilationError("compile", f"NNCF cannot quantize the model to int8: {_brief(exc)}") from None
 
@@ -159,24 +168,14 @@ def is_transformer(model: ov.Model) -> bool:
     return attention and {"Softmax", "MVN"} <= types
 
 
-def _target(budget: AccuracyBudget) -> float:
-    """The budget as a score to reach, higher is better (the source itself scores 1.0)."""
-    return 1.0 - budget.bound if budget.metric == "max_rel_err" else budget.bound
-
-
-def _score(compiled: ov.CompiledModel, data: PrecisionData, budget: AccuracyBudget, items=None) -> float:
-    """The budget's metric against the source's outputs on evaluation samples (all, or NNCF's (index, feeds)
-    items), as a score: top-1 agreement, cosine, or 1 - max rel err."""
+def _accuracy(compiled: ov.CompiledModel, data: PrecisionData, budget: AccuracyBudget | None, items=None) -> Accuracy:
+    """The compiled model against the source's outputs on evaluation samples: all, or NNCF's (index, feeds) items."""
     items = list(items) if items is not None else list(enumerate(data.evaluation))
     outputs = []
     for _, feeds in items:
         result = compiled(feeds)
         outputs.append([result[port] for port in compiled.outputs])
-    accuracy = measure(outputs, [data.expected[i] for i, _ in items], budget, data.data)
-    if budget.metric == "max_rel_err":
-        return 1.0 - accuracy.max_rel_err
-    top1 = accuracy.top1_agreement if budget.metric == "top1_agreement" else None
-    return accuracy.cosine if top1 is None else top1
+    return measure(outputs, [data.expected[i] for i, _ in items], budget, data.data)
 
 
 def _brief(exc: Exception) -> str:
