@@ -9,7 +9,8 @@ A top-1 budget is a claim about inputs the evaluation did not see, so it is judg
 support with 95% confidence (the Wilson score lower bound), not by the share that happened to agree: 16 of 16
 agreeing supports only 0.855, and showing 0.99 takes 268 agreeing decisions. (Measured: an int8 EfficientNet
 that agreed on 16 of 16 held-out photos agreed on 60 of 64 others.) The cosine budget is judged on the worst
-sample, already a bound.
+sample: a bound over the samples seen, which more samples make more telling (measured: an int8 YOLOv8n whose
+worst cosine on 64 held-out photo crops was over 0.999 had 0.9988 on 256 others).
 """
 from __future__ import annotations
 
