@@ -50,7 +50,7 @@ PLATFORM = {"Os": "LINUX", "Arch": "X86_64"}
 # at 95% confidence on those, so the CNNs get 768 (512 held out: 0.99 is shown with at most 2 disagreeing; the
 # detector's worst cosine, too, is the more telling the more samples show it); the encoders get 64 passages
 N_CAL = {"CNN": 768, "BERT": 64}
-N_EVAL = {"CNN": 256, "BERT": 64}  # seen by no route; the tables' plain top-1 agreement >= 0.99 allows 2 of 256 to differ
+N_EVAL = {"CNN": 256, "BERT": 64}  # seen by no route; plain top-1 agreement >= 0.99 allows 2 of 256 to differ
 THREADS = os.cpu_count() or 1  # "all cores"
 KILN_TIMEOUT_S = 300  # one Kiln compile; BERT-base's auto compile takes ~3 min here
 ROUNDS, MIN_RUNS, MIN_S = 5, 10, 1.5  # per round: >= 10 timed calls and >= 1.5 s (a BERT-base call takes ~0.15 s here)

@@ -135,7 +135,8 @@ def quantize_int8(model: ov.Model, data: PrecisionData, budget: AccuracyBudget |
             if accuracy.met:
                 return quantized, plain
             if accuracy.hint:  # too few evaluation samples to show the budget, whatever goes back to float32
-                return quantized, f"{plain}; its result misses {wanted}, and accuracy control cannot help: {accuracy.hint}"
+                return quantized, (f"{plain}; its result misses {wanted}, and accuracy control cannot help: "
+                                   f"{accuracy.hint}")
             run_s = (time.perf_counter() - start) / max(1, len(data.evaluation))
             layers = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ordered_ops()) // 2
             ranking_s = AC_COST * layers * (compile_s + run_s * min(AC_RANKING, len(data.evaluation)))
