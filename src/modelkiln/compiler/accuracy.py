@@ -67,7 +67,10 @@ class Accuracy:
     top1_agreement: float | None  # over classifier-like outputs; None when there are none
     budgets: list[str]  # the budget each output was judged by
     met: bool
-    margin: float  # how far the output that clears its budget least clears it (< 0: missed), in its metric's units
+    # How far the output that clears its budget least clears it (< 0: missed): for top-1, the share of decisions to
+    # spare beyond those the 95% bound needs (a search such as NNCF's accuracy control can aim at it); else in the
+    # metric's own units.
+    margin: float
     top1_decisions: tuple[int, int] | None = None  # (agreeing, total) for the worst classifier-like output
     top1_lower_bound: float | None = None  # what those decisions show with 95% confidence: judged by the budget
     hint: str = ""  # how to make the figure able to meet the budget, when too few samples were the cause
@@ -113,40 +116,29 @@ def measure(outputs: Sequence[Sequence[np.ndarray]], references: Sequence[Sequen
         cos = min(_cosine(o, r) for o, r in zip(out, ref))
         scale = max(float(np.abs(r).max()) if r.size else 0.0 for r in ref)
         rel = max(float(np.abs(o - r).max()) if r.size else 0.0 for o, r in zip(out, ref)) / max(scale, 1e-6)
-        figures = {"cosine": cos, "max_rel_err": rel}
         if classifier_like(np.asarray(references[0][k])):
             agreeing = int(sum(int((o.argmax(-1) == r.argmax(-1)).sum()) for o, r in zip(out, ref)))
             total = sum(int(r.shape[0]) for r in ref)
-            bound = agreement_lower_bound(agreeing, total)
-            top1.append((bound, agreeing, total))
-            figures["top1_agreement"] = bound
+            top1.append((agreement_lower_bound(agreeing, total), agreeing, total))
         budget = budget_for(np.asarray(references[0][k]), asked)
         budgets.append(f"output {k}: {budget.describe()}" + (" (at 95% confidence)" if budget.metric == "top1_agreement" else ""))
-        margins.append(_margin(budget, figures, top1[-1] if budget.metric == "top1_agreement" else None))
-        if margins[-1] < 0 and budget.metric == "top1_agreement" and agreeing_needed(budget.bound, total) is None:
-            need = decisions_needed(budget.bound)
-            hint = (f"{total} decisions cannot show top-1 agreement >= {budget.bound:g} at 95% confidence even if "
-                    f"all agree: give at least {need} evaluation samples (a calibration.npz of "
-                    f"{samples_for_evaluation(need)} samples: Kiln calibrates on at most {CALIBRATION_MAX} and "
-                    "evaluates on the rest), or relax kiln-accuracy")
+        if budget.metric == "top1_agreement":  # budget_for gives top-1 to classifier-like outputs only
+            needed = agreeing_needed(budget.bound, total)
+            margins.append((agreeing - (total + 1 if needed is None else needed)) / max(total, 1))
+            if needed is None:
+                need = decisions_needed(budget.bound)
+                hint = (f"{total} decisions cannot show top-1 agreement >= {budget.bound:g} at 95% confidence even "
+                        f"if all agree: give at least {need} evaluation samples (a calibration.npz of "
+                        f"{samples_for_evaluation(need)} samples: Kiln calibrates on at most {CALIBRATION_MAX} and "
+                        "evaluates on the rest), or relax kiln-accuracy")
+        else:
+            margins.append(budget.bound - rel if budget.metric == "max_rel_err" else cos - budget.bound)
         cosines.append(cos)
         rel_errs.append(rel)
     worst = min(top1) if top1 else None
     return Accuracy(len(references), data, min(cosines), max(rel_errs),
                     worst[1] / worst[2] if worst else None, budgets, min(margins) >= 0, min(margins),
                     (worst[1], worst[2]) if worst else None, worst[0] if worst else None, hint)
-
-
-def _margin(budget: AccuracyBudget, figures: dict[str, float], top1: tuple[float, int, int] | None) -> float:
-    """How far an output clears its budget. Top-1 in the share of decisions to spare beyond those the 95% bound
-    needs (a search such as NNCF's accuracy control can aim at it), else in the metric's own units."""
-    if top1 is not None:
-        _, agreeing, total = top1
-        needed = agreeing_needed(budget.bound, total)
-        return (agreeing - (total + 1 if needed is None else needed)) / max(total, 1)
-    if budget.metric == "max_rel_err":
-        return budget.bound - figures["max_rel_err"]
-    return figures[budget.metric] - budget.bound
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
