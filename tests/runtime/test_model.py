@@ -45,7 +45,8 @@ def test_names_shapes_dtypes_and_input_forms(x86_artifact, x_and_expected):
     assert model.input_dtypes == ["float32"] and model.output_shapes == [(1, 10)]
     assert model.output_dtypes == ["float32"] and model.output_names == ["prob"]
     x, expected = x_and_expected
-    for inputs in (x, [x], {"data": x}, x.astype(np.float64)):
+    fortran = np.asfortranarray(x)
+    for inputs in (x, [x], (x,), iter([x]), {"data": x}, x.astype(np.float64), [fortran], [x.tolist()]):
         np.testing.assert_allclose(model.run(inputs)[0], expected, rtol=1e-4, atol=1e-6)
 
 
@@ -65,6 +66,10 @@ def test_bad_inputs_are_refused_with_the_expected_form(x86_artifact):
         model.run({"image": np.zeros(CNN_SHAPE, np.float32)})
     with pytest.raises(ArtifactError, match="must be float32, got complex64"):
         model.run(np.zeros(CNN_SHAPE, np.complex64))
+    with pytest.raises(ArtifactError, match=r"takes 1 inputs \['data'\], got 2"):
+        model.run([np.zeros(CNN_SHAPE, np.float32)] * 2)
+    with pytest.raises(ArtifactError, match=r"must have shape \[1, 3, 32, 32\], got \[3, 32, 32\]"):
+        model.run([np.zeros(CNN_SHAPE[1:], np.float32)])
 
 
 def test_artifact_for_another_arch_is_refused_naming_both(aarch64_artifact):
