@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -117,6 +118,28 @@ def test_bf16_which_no_sample_went_into_is_judged_on_every_sample(calibrated, tm
     report = _compile(calibrated, tmp_path, '{"kiln-precision": "bfloat16", "kiln-backend": "openvino", '
                                             '"mcpu": "znver4", "kiln-accuracy": {"cosine": 0.9}}')
     assert report.winner().check.accuracy.samples == SAMPLES  # int8's calibration samples are unseen by bf16
+
+
+def test_int8_float_layers_run_in_bf16_only_where_timed_faster_and_within_budget(calibrated, tmp_path):
+    report = _compile(calibrated, tmp_path, '{"kiln-precision": "int8", "kiln-backend": "openvino", '
+                                            '"mcpu": "znver4", "kiln-accuracy": {"cosine": 0.9}}')
+    winner = report.winner()
+    (note,) = [n for n in winner.notes if "float layers run in" in n]
+    bf16_ms, f32_ms = (float(v) for v in re.search(r"([\d.]+) ms with them in bf16 against ([\d.]+) ms", note).groups())
+    model = Model(tmp_path / "model.tar.gz")
+    hint = model._executor._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+    if "run in bf16" in note:  # what the note says ran is what the artifact runs, and what the verdict measured
+        assert bf16_ms < f32_ms and model.meta["Backend"]["InferencePrecision"] == "bf16" and hint == "bf16"
+    else:
+        assert "InferencePrecision" not in model.meta["Backend"] and hint == "f32"
+    assert winner.check.accuracy.met
+
+
+def test_int8_for_a_cpu_without_bf16_keeps_its_float_layers_in_f32(calibrated, tmp_path):
+    report = _compile(calibrated, tmp_path, '{"kiln-precision": "int8", "kiln-backend": "openvino", '
+                                            '"kiln-accuracy": {"cosine": 0.9}}')  # ml_c5: Skylake, no bf16
+    assert not any("float layers" in n for n in report.winner().notes)
+    assert "InferencePrecision" not in Model(tmp_path / "model.tar.gz").meta["Backend"]
 
 
 def test_accuracy_control_is_not_tried_where_the_samples_cannot_show_the_budget(calibrated, tmp_path):

@@ -10,13 +10,15 @@ try:
 except ImportError:  # OpenVINO before 2023.1 has it in openvino.runtime only
     from openvino.runtime import Core
 
-# int8 IR carries its own FakeQuantize ops: the plugin runs them from an f32 hint
+# The plugin's INFERENCE_PRECISION_HINT per artifact precision. An int8 IR carries its own FakeQuantize ops, and the
+# hint sets the precision of the layers it leaves in float: f32 unless compiled.meta's Backend.InferencePrecision
+# names the one its compile measured faster (bf16 on some models, on CPUs that compute it).
 PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16", "int8": "f32"}
 
 
 class OpenVinoExecutor:
-    def __init__(self, xml_path: Path, precision: str, threads: int | None) -> None:
-        config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
+    def __init__(self, xml_path: Path, hint: str, threads: int | None) -> None:
+        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         core = Core()
@@ -29,4 +31,5 @@ class OpenVinoExecutor:
 
 
 def open(directory: Path, meta: dict, threads: int | None) -> OpenVinoExecutor:
-    return OpenVinoExecutor(directory / meta["Backend"]["Files"][0], meta.get("Precision", "float32"), threads)
+    hint = meta["Backend"].get("InferencePrecision") or PRECISIONS[meta.get("Precision", "float32")]
+    return OpenVinoExecutor(directory / meta["Backend"]["Files"][0], hint, threads)
