@@ -274,9 +274,13 @@ def prepare_routes(spec, d: Path, calibration: list[Feeds], log: Callable[[str],
 
 
 def shipped(report: dict) -> str:
-    """"backend precision" of the candidate a Kiln report shipped."""
+    """"backend precision" of the candidate a Kiln report shipped, and where an int8 model's float layers run in
+    bf16 (Kiln times them both ways), that too."""
     winner = next((c for c in report.get("candidates", []) if c.get("status") == "selected"), None)
-    return f"{winner['backend']} {winner.get('precision', 'float32')}" if winner else ""
+    if not winner:
+        return ""
+    bf16 = any("float layers run in bf16" in note for note in winner.get("notes", []))
+    return f"{winner['backend']} {winner.get('precision', 'float32')}" + (" (float layers bf16)" if bf16 else "")
 
 
 # ---- running a route ----------------------------------------------------------------------------------------
