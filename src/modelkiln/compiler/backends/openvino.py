@@ -103,7 +103,7 @@ def float_layers(xml: Path, data: PrecisionData, budget: AccuracyBudget | None) 
     executors = {hint: OpenVinoExecutor(xml, hint, None) for hint in ("f32", "bf16")}
     timing = median_latencies_ms(executors, [data.evaluation[0][n] for n in names], budget_s=FLOAT_LAYERS_TIMING_S)
     f32, bf16 = timing.latencies_ms["f32"], timing.latencies_ms["bf16"]
-    timed = f"{bf16:.3g} ms with them in bf16 against {f32:.3g} ms in f32"
+    timed = f"{bf16:#.3g} ms with them in bf16 against {f32:#.3g} ms in f32"
     if bf16 > f32 * (1 - BF16_GAIN):
         return "f32", f"the int8 model's float layers run in f32: {timed}"
     outputs = [executors["bf16"].run([sample[n] for n in names]) for sample in data.evaluation]
