@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from results import replace_section  # bench/results.py; scripts run from this folder
+from results import replace_section, summarize_rounds  # bench/results.py; scripts run from this folder
 
 SEED = 0
 BACKENDS = ("iree", "openvino", "onnxruntime")
@@ -249,9 +249,8 @@ def measure_in_subprocess(engine: str, spec: Spec, path: Path, threads: int, qui
 
 def measure_model(spec: Spec, paths: dict[str, Path], rounds: int, quick: bool, log: Callable[[str], None]) -> list[Latency]:
     """Each (engine, threads) in `rounds` fresh processes, engines interleaved; a cell with no round
-    where other processes used < CLEAN cores gets up to RETRIES more. A cell's median is its fastest clean
-    round's (with none clean, its least contended round's, and the cell is marked): this VM has slow phases in
-    which every engine runs ~1.5x slower with no process showing load, so pooled rounds measured the phases."""
+    where other processes used < CLEAN cores gets up to RETRIES more; summarize_rounds gives each cell's figures
+    (with no clean round, its least contended round's, and the cell is marked)."""
     got: dict[tuple[str, int], list[dict]] = {(e, t): [] for e in paths for t in THREADS}
     errors: dict[tuple[str, int], str] = {}
     for r in range(rounds + RETRIES):
@@ -267,13 +266,8 @@ def measure_model(spec: Spec, paths: dict[str, Path], rounds: int, quick: bool, 
                 f"{statistics.median(result['times']):.3f} ms ({len(result['times'])} runs), other load {result['foreign']:.2f} cores"))
     out = []
     for (engine, t), results in got.items():
-        clean = [x for x in results if x["foreign"] < CLEAN] or sorted(results, key=lambda x: x["foreign"])[:1]
-        pooled = [v for x in clean for v in x["times"]]
-        best = min((statistics.median(x["times"]) for x in clean), default=None)
-        out.append(Latency(spec.name, engine, t, round(best, 4) if best is not None else None,
-                           round(min(pooled), 4) if pooled else None, len(pooled),
-                           bool(clean) and clean[0]["foreign"] < CLEAN,
-                           [(round(statistics.median(x["times"]), 4), round(x["foreign"], 2)) for x in results],
+        r = summarize_rounds(results, CLEAN)
+        out.append(Latency(spec.name, engine, t, r.median_ms, r.min_ms, r.runs, r.clean, r.rounds,
                            errors.get((engine, t), "")))
     return out
 

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from results import replace_section, summarize_rounds  # bench/results.py; scripts run from this folder
 
 HERE = Path(__file__).resolve().parent
 ROUTES = ("ort-fp32", "ort-int8", "ort-int8-dynamic", "ov-int8", "kiln-auto", "kiln-auto-loose", "kiln-fp32")
@@ -396,9 +397,7 @@ def measure_in_subprocess(route: str, path: str, feeds_file: Path, quick: bool) 
 def time_routes(routes: dict[str, Route], feeds_file: Path, rounds: int, quick: bool,
                 log: Callable[[str], None], label: str) -> dict[str, Latency]:
     """Each route in `rounds` fresh processes, routes interleaved; a route with no clean round gets up to
-    RETRIES more. A route's median is its fastest clean round's (with none clean, its least contended round's):
-    this VM has slow phases of tens of seconds, every route ~1.5x slower, that no process on it shows (measured
-    2026-12-05: ort-fp32 4.7, 4.8 then 7.6 ms a round), so pooled rounds measured the phases, not the routes."""
+    RETRIES more; summarize_rounds gives each route's figures (with no clean round, its least contended round's)."""
     live = {n: r for n, r in routes.items() if not r.error}
     got: dict[str, list[dict]] = {n: [] for n in live}
     errors: dict[str, str] = {}
@@ -416,14 +415,8 @@ def time_routes(routes: dict[str, Route], feeds_file: Path, rounds: int, quick: 
                 f"other load {result['foreign']:.2f} cores"))
     out = {}
     for name, results in got.items():
-        clean = [x for x in results if x["foreign"] < CLEAN] or sorted(results, key=lambda x: x["foreign"])[:1]
-        pooled = [v for x in clean for v in x["times"]]
-        best = min((statistics.median(x["times"]) for x in clean), default=None)
-        out[name] = Latency(round(best, 4) if best is not None else None,
-                            round(min(pooled), 4) if pooled else None, len(pooled),
-                            bool(clean) and clean[0]["foreign"] < CLEAN,
-                            [(round(statistics.median(x["times"]), 4), round(x["foreign"], 2)) for x in results],
-                            errors.get(name, ""))
+        r = summarize_rounds(results, CLEAN)
+        out[name] = Latency(r.median_ms, r.min_ms, r.runs, r.clean, r.rounds, errors.get(name, ""))
     return out
 
 
@@ -706,7 +699,6 @@ def main() -> None:
     text = render(results, time.perf_counter() - start)
     print(text.split("<details>")[0])
     if not (args.quick or args.no_write):
-        from results import replace_section  # bench/results.py
         replace_section("precision", text)
 
 

@@ -16,9 +16,10 @@ class OnnxRuntimeExecutor:
         options.log_severity_level = 3
         self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         self._inputs = [i.name for i in self._session.get_inputs()]
-        self._outputs = [o.name for o in self._session.get_outputs()]
+        outputs = self._session.get_outputs()
+        self._outputs = [o.name for o in outputs]
         # Tensor outputs come back as ndarrays already; only sequences and maps (onnx-ml) need converting.
-        self._tensors = all(o.type.startswith("tensor(") for o in self._session.get_outputs())
+        self._tensors = all(o.type.startswith("tensor(") for o in outputs)
         # InferenceSession.run checks the feed's names in Python before calling its compiled session (`_sess`, there
         # since onnxruntime 1.0); Model has checked names, shapes and dtypes already, and 2 µs is 5% of a small
         # model's call. The public method stands in where a release lacks the attribute.

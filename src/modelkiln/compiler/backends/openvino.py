@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,7 +86,8 @@ class OpenVinoBackend:
         if options.precision in HINTED:
             notes.append(f"OpenVINO runs with INFERENCE_PRECISION_HINT={options.precision} (weights stay fp32).")
         if options.precision == "int8" and host_can_run(target) and target.computes_natively("bfloat16"):
-            hint, note = float_layers(workdir / "compiled.xml", data, options.accuracy)
+            names = [port.get_any_name() for port in converted.inputs]
+            hint, note = float_layers(workdir / "compiled.xml", names, data, options.accuracy)
             notes.append(note)
             entry = {"InferencePrecision": hint} if hint != PRECISIONS["int8"] else {}
         needed, why = ir_runtime(workdir / "compiled.xml")
@@ -95,19 +97,17 @@ class OpenVinoBackend:
                              command=f"openvino.save_model({command}, compiled.xml, compress_to_fp16=False)")
 
 
-def float_layers(xml: Path, data: PrecisionData, budget: AccuracyBudget | None) -> tuple[str, str]:
+def float_layers(xml: Path, names: list[str], data: PrecisionData, budget: AccuracyBudget | None) -> tuple[str, str]:
     """The INFERENCE_PRECISION_HINT for an int8 IR's float layers (those NNCF leaves in float, or accuracy control
     restored), and a note saying why. Which is faster depends on the model (see BF16_GAIN), so both are timed;
     bf16 ships only when it is faster by BF16_GAIN and the budget still holds on the evaluation samples."""
-    names = [port.get_any_name() for port in ov.Core().read_model(str(xml)).inputs]
     executors = {hint: OpenVinoExecutor(xml, hint, None) for hint in ("f32", "bf16")}
     timing = median_latencies_ms(executors, [data.evaluation[0][n] for n in names], budget_s=FLOAT_LAYERS_TIMING_S)
     f32, bf16 = timing.latencies_ms["f32"], timing.latencies_ms["bf16"]
     timed = f"{bf16:#.3g} ms with them in bf16 against {f32:#.3g} ms in f32"
     if bf16 > f32 * (1 - BF16_GAIN):
         return "f32", f"the int8 model's float layers run in f32: {timed}"
-    outputs = [executors["bf16"].run([sample[n] for n in names]) for sample in data.evaluation]
-    accuracy = measure(outputs, data.expected, budget, data.data)
+    accuracy = _accuracy(lambda feeds: executors["bf16"].run([feeds[n] for n in names]), data, budget)
     if not accuracy.met:
         return "f32", (f"the int8 model's float layers run in f32: {timed}, but in bf16 it misses the budget: "
                        f"{accuracy.describe()}")
@@ -160,7 +160,7 @@ def quantize_int8(model: ov.Model, data: PrecisionData, budget: AccuracyBudget |
             compiled = ov.Core().compile_model(quantized, "CPU")
             compile_s = time.perf_counter() - start
             start = time.perf_counter()
-            accuracy = _accuracy(compiled, data, budget)
+            accuracy = _accuracy(_outputs(compiled), data, budget)
             if accuracy.met:
                 return quantized, plain
             if accuracy.hint:  # too few evaluation samples to show the budget, whatever goes back to float32
@@ -179,8 +179,11 @@ def quantize_int8(model: ov.Model, data: PrecisionData, budget: AccuracyBudget |
             # The score is the budget's margin (accuracy.measure), which the source itself holds in full: a drop
             # of all of it is the budget met.
             ideal = measure(data.expected, data.expected, budget, data.data).margin
+
+            def score(compiled: ov.CompiledModel, items) -> float:
+                return _accuracy(_outputs(compiled), data, budget, items).margin
             quantized = nncf.quantize_with_accuracy_control(
-                model, calibration, validation, lambda compiled, items: _accuracy(compiled, data, budget, items).margin,
+                model, calibration, validation, score,
                 max_drop=ideal, drop_type=nncf.DropType.ABSOLUTE, subset_size=len(data.calibration),
                 advanced_accuracy_restorer_parameters=restorer, **kind)
             return quantized, (f"nncf.quantize_with_accuracy_control({command}, {samples}, <{len(data.evaluation)} "
@@ -198,14 +201,19 @@ def is_transformer(model: ov.Model) -> bool:
     return attention and {"Softmax", "MVN"} <= types
 
 
-def _accuracy(compiled: ov.CompiledModel, data: PrecisionData, budget: AccuracyBudget | None, items=None) -> Accuracy:
-    """The compiled model against the source's outputs on evaluation samples: all, or NNCF's (index, feeds) items."""
+def _accuracy(run: Callable[[dict], list], data: PrecisionData, budget: AccuracyBudget | None, items=None) -> Accuracy:
+    """A model's outputs (run: feeds by name -> outputs) against the source's on evaluation samples: all, or NNCF's
+    (index, feeds) items."""
     items = list(items) if items is not None else list(enumerate(data.evaluation))
-    outputs = []
-    for _, feeds in items:
+    return measure([run(feeds) for _, feeds in items], [data.expected[i] for i, _ in items], budget, data.data)
+
+
+def _outputs(compiled: ov.CompiledModel) -> Callable[[dict], list]:
+    """Run a compiled model on feeds by name: its outputs in order."""
+    def run(feeds: dict) -> list:
         result = compiled(feeds)
-        outputs.append([result[port] for port in compiled.outputs])
-    return measure(outputs, [data.expected[i] for i, _ in items], budget, data.data)
+        return [result[port] for port in compiled.outputs]
+    return run
 
 
 def _brief(exc: Exception) -> str:
