@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -275,13 +276,16 @@ def prepare_routes(spec, d: Path, calibration: list[Feeds], log: Callable[[str],
 
 
 def shipped(report: dict) -> str:
-    """"backend precision" of the candidate a Kiln report shipped, and where an int8 model's float layers run in
-    bf16 (Kiln times them both ways), that too."""
+    """"backend precision" of the candidate a Kiln report shipped, and how an OpenVINO int8 runs where that is not
+    static: activations quantized at run time, float layers in bf16 (Kiln times them both ways)."""
     winner = next((c for c in report.get("candidates", []) if c.get("status") == "selected"), None)
     if not winner:
         return ""
-    bf16 = any("float layers run in bf16" in note for note in winner.get("notes", []))
-    return f"{winner['backend']} {winner.get('precision', 'float32')}" + (" (float layers bf16)" if bf16 else "")
+    notes = " ".join(winner.get("notes", []))
+    group = re.search(r"activations to int8 at run time, in groups of (\d+)", notes)
+    how = ([f"dynamic activations, groups of {group[1]}"] if group else []) + (
+        ["float layers bf16"] if "float layers run in bf16" in notes else [])
+    return f"{winner['backend']} {winner.get('precision', 'float32')}" + (f" ({', '.join(how)})" if how else "")
 
 
 # ---- running a route ----------------------------------------------------------------------------------------

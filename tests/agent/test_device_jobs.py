@@ -486,8 +486,9 @@ def test_wrong_device_outputs_are_caught_and_a_replaced_artifact_is_not_compared
 
 def fake_device_profiles(client, device: str, p50_ms: dict[str, float | None]) -> list[str]:
     """Answer the device's profile jobs as its agent would: candidate key -> median latency (None: it failed)."""
-    answered = []
+    answered, deadline = [], time.monotonic() + 300  # a compile that fails asks for fewer: fail, do not hang
     while len(answered) < len(p50_ms):
+        assert time.monotonic() < deadline, f"the device was asked to profile {answered} only, not all of {p50_ms}"
         work = client.poll_device_work(DeviceName=device, WaitSeconds=10).get("Work")
         if work is None:
             continue
