@@ -70,13 +70,17 @@ def test_auto_tries_bf16_only_where_the_target_cpu_computes_it():
 @pytest.fixture(scope="module")
 def calibrated(models, tmp_path_factory) -> Path:
     """The small CNN's ONNX with a calibration.npz of SAMPLES inputs in the archive (sample axis = batch axis)."""
-    rng = np.random.default_rng(7)
-    data = rng.standard_normal((SAMPLES, *CNN_SHAPE[1:])).astype(np.float32)
-    archive = tmp_path_factory.mktemp("calibrated") / "model.tar.gz"
+    data = np.random.default_rng(7).standard_normal((SAMPLES, *CNN_SHAPE[1:])).astype(np.float32)
+    return with_calibration(models / "cnn.onnx", {"data": data}, tmp_path_factory.mktemp("calibrated"))
+
+
+def with_calibration(model: Path, samples: dict[str, np.ndarray], folder: Path) -> Path:
+    """folder/model.tar.gz: the ONNX file and a calibration.npz of samples (input name -> [N, ...])."""
     npz = io.BytesIO()
-    np.savez(npz, data=data)
+    np.savez(npz, **samples)
+    archive = folder / "model.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
-        tar.add(models / "cnn.onnx", "cnn.onnx")
+        tar.add(model, model.name)
         info = tarfile.TarInfo("calibration.npz")
         info.size = len(npz.getvalue())
         tar.addfile(info, io.BytesIO(npz.getvalue()))
@@ -99,6 +103,7 @@ def test_auto_measures_every_precision_on_held_out_samples_and_ships_the_fastest
         assert cand.check.accuracy.met == (cand.check.accuracy.cosine >= 0.98) == (cand.status != "rejected")
     assert "quantize_static" in by_key["onnxruntime-int8"].command
     assert "nncf.quantize(" in by_key["openvino-int8"].command  # within budget: no accuracy control needed
+    assert "preset=MIXED" not in by_key["openvino-int8"].command  # ReLUs: symmetric activation ranges suffice
     assert report.precision == {"asked": "auto", "budget": "cosine >= 0.98", "data": f"calibration.npz: {SAMPLES} samples",
                                 "calibration_samples": 30, "evaluation_samples": 10, "synthetic": False}
     passed = [c for c in report.candidates if c.status in ("passed", "selected")]
@@ -212,15 +217,7 @@ def encoder(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     calibrating, _ = split(SAMPLES)
     ids = np.stack([rng.integers(0, 2 if i in calibrating else 200, (1, 32)) for i in range(SAMPLES)])
-    npz = io.BytesIO()
-    np.savez(npz, ids=ids)
-    archive = folder / "model.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(folder / "encoder.onnx", "encoder.onnx")
-        info = tarfile.TarInfo("calibration.npz")
-        info.size = len(npz.getvalue())
-        tar.addfile(info, io.BytesIO(npz.getvalue()))
-    return archive
+    return with_calibration(folder / "encoder.onnx", {"ids": ids}, folder)
 
 
 def test_a_transformer_whose_static_int8_misses_gets_int8_weights_with_activations_quantized_at_run_time(
@@ -238,3 +235,20 @@ def test_a_transformer_whose_static_int8_misses_gets_int8_weights_with_activatio
     assert model._executor._compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 128  # the runtime applies it
     assert model.meta["Requirements"]["Runtime"] == {"openvino": ">=2024.1"}
     assert any("quantizes each MatMul's activations to int8 at run time, in groups of 128" in n for n in winner.notes)
+
+
+def test_a_cnn_whose_activations_go_negative_gets_asymmetric_activation_ranges(tmp_path):
+    """SiLU (Swish) and HardSwish outputs dip below zero: NNCF's MIXED preset, as its docs advise for them."""
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(16, 16, 3),
+                              torch.nn.Hardswish(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(16, 10)).eval()
+    torch.onnx.export(net, (torch.zeros(CNN_SHAPE),), str(tmp_path / "swish.onnx"), input_names=["data"],
+                      output_names=["scores"], opset_version=17, dynamo=False)
+    data = np.random.default_rng(5).standard_normal((SAMPLES, *CNN_SHAPE[1:])).astype(np.float32)
+    archive = with_calibration(tmp_path / "swish.onnx", {"data": data}, tmp_path)
+    report = _compile(archive, tmp_path / "out", '{"kiln-precision": "int8", "kiln-backend": "openvino", '
+                                                 '"kiln-accuracy": {"cosine": 0.9}}')
+    assert "nncf.quantize(" in report.winner().command and "preset=MIXED" in report.winner().command
+    assert report.winner().check.accuracy.met
