@@ -51,12 +51,12 @@ AC_COST = 8  # its ranking costs ~8 compiles and ranking runs per layer (measure
 # has the DYNAMIC_QUANTIZATION_GROUP_SIZE property (its 2024 releases; optimum-intel's dynamic quantization
 # config, April 2024, asks for it).
 DQ_GROUPS = (128, 64, 32)
+DQ_RELEASE = "2024.1"
 # Activations whose outputs go negative: NNCF's docs advise its MIXED preset (asymmetric activation ranges) for such
 # models, as a symmetric range spends half its codes on a sliver below zero. Measured on 256 held-out crops here,
 # PERFORMANCE preset -> MIXED: NudeNet's YOLOv8n (Swish) worst cosine 0.9987 -> 0.9994 and PP-LCNet (HSwish) top-1
 # 0.938 -> 0.965, neither slower; EfficientNet-Lite0 (ReLU6: Clamp) gained nothing and ran 8% slower with MIXED.
 SIGNED_ACTIVATIONS = {"Swish", "HSwish", "Gelu", "Elu", "PRelu", "Mish", "Selu"}
-DQ_RELEASE = "2024.1"
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # how an int8 IR's float layers run unless timed faster in bf16
 
 
@@ -119,8 +119,8 @@ class OpenVinoBackend:
                 names = [port.get_any_name() for port in converted.inputs]
                 hint, note = float_layers(workdir / "compiled.xml", names, data, options.accuracy, config)
                 notes.append(note)
-                config = {**config, **({"INFERENCE_PRECISION_HINT": hint} if hint != F32["INFERENCE_PRECISION_HINT"]
-                                       else {})}
+                if hint != F32["INFERENCE_PRECISION_HINT"]:
+                    config = {**config, "INFERENCE_PRECISION_HINT": hint}
         needed, why = ir_runtime(workdir / "compiled.xml")
         if "DYNAMIC_QUANTIZATION_GROUP_SIZE" in config and _release(DQ_RELEASE) > _release(needed[2:]):
             needed, why = f">={DQ_RELEASE}", f"its activations are quantized at run time, which needs {DQ_RELEASE}"
@@ -208,16 +208,17 @@ def quantize_int8(model: ov.Model, data: PrecisionData, budget: AccuracyBudget |
                 return Quantized(quantized, f"{plain}; its result misses {wanted}, and accuracy control cannot "
                                             f"help: {accuracy.hint}")
             run_s = (time.perf_counter() - start) / max(1, len(data.evaluation))
+            tried = ""
             if transformer:
                 dynamic, missed = dynamic_int8(model, data, budget, command)
                 if dynamic:
                     return Quantized(dynamic.model, f"{plain} missed {wanted} ({accuracy.describe()}); then "
                                                     f"{dynamic.command}", dynamic.config)
-                plain = f"{plain}; its result misses {wanted}, and so do int8 weights with dynamic activations: {missed}"
+                tried = f"; int8 weights with activations quantized at run time missed {wanted} too ({missed})"
             layers = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ordered_ops()) // 2
             ranking_s = AC_COST * layers * (compile_s + run_s * min(AC_RANKING, len(data.evaluation)))
             if ranking_s > AC_BUDGET_S:
-                return Quantized(quantized, f"{plain}; its result misses {wanted}, and accuracy control was "
+                return Quantized(quantized, f"{plain}; its result misses {wanted}{tried}, and accuracy control was "
                                             f"skipped: ranking its ~{layers} quantized layers would take "
                                             f"~{ranking_s:.0f} s here (limit {AC_BUDGET_S:.0f} s)")
             validation = nncf.Dataset(list(enumerate(data.evaluation)), lambda item: {n: item[1][n] for n in names})
@@ -235,7 +236,7 @@ def quantize_int8(model: ov.Model, data: PrecisionData, budget: AccuracyBudget |
                 advanced_accuracy_restorer_parameters=restorer, **kind)
             return Quantized(quantized, f"nncf.quantize_with_accuracy_control({command}, {samples}, "
                                         f"<{len(data.evaluation)} evaluation samples>, {wanted}, "
-                                        f"max_num_iterations={AC_ITERATIONS})")
+                                        f"max_num_iterations={AC_ITERATIONS}){tried}")
     except Exception as exc:
         raise CompilationError("compile", f"NNCF cannot quantize the model to int8: {_brief(exc)}") from None
 
@@ -245,7 +246,7 @@ def dynamic_int8(model: ov.Model, data: PrecisionData, budget: AccuracyBudget | 
     """int8 weights (NNCF's weight compression) whose MatMuls the CPU plugin runs in int8, quantizing their
     activations at run time, a range per group of DQ_GROUPS values of each row: slower than static int8, but far
     more accurate on a transformer, whose activations have outlier channels no single calibrated range fits
-    (measured: MiniLM-L6 worst cosine 0.9994 against 0.996 static; MPNet-base 0.999 against 0.973). The largest
+    (measured in groups of 32: MiniLM-L6 worst cosine 0.9994 against 0.996 static; MPNet-base 0.9989 against 0.973). The largest
     group that meets the budget (the fastest), or None and the smallest group's figures."""
     import nncf
 
