@@ -230,6 +230,7 @@ def test_a_transformer_whose_static_int8_misses_gets_int8_weights_with_activatio
     assert "missed cosine >= 0.99998" in winner.command and "nncf.compress_weights(" in winner.command
     assert "DYNAMIC_QUANTIZATION_GROUP_SIZE=128" in winner.command  # the largest group that meets the budget
     assert winner.check.accuracy.met and winner.check.accuracy.cosine >= 0.99998
+    assert winner.check.accuracy.samples == SAMPLES  # no sample went into it: the calibrating ones judge it too
     model = Model(tmp_path / "model.tar.gz")
     assert model.meta["Backend"]["Config"] == {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 128}
     assert model._executor._compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 128  # the runtime applies it

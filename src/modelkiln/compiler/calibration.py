@@ -39,10 +39,11 @@ class PrecisionData:
     synthetic: bool
     reference: Callable[[Feeds], Outputs]  # runs the source model: its outputs on more samples, when needed
 
-    def unseen_by(self, precision: str) -> tuple[list[Feeds], list[Outputs]]:
+    def unseen_by(self, precision: str, data_free: bool = False) -> tuple[list[Feeds], list[Outputs]]:
         """The samples a candidate of this precision was not made from, and the source's outputs on them: the
-        held-out ones for int8, every sample for bfloat16/float16, which no sample went into."""
-        if precision == "int8":
+        held-out ones for int8, every sample for bfloat16/float16 and for a data-free int8 (weights quantized
+        alone, activations at run time), which no sample went into."""
+        if precision == "int8" and not data_free:
             return self.evaluation, self.expected
         return self.calibration + self.evaluation, self._calibration_expected + self.expected
 

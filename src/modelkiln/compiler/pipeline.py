@@ -232,14 +232,15 @@ def _try_candidate(ctx: CheckContext, cand: Candidate, workdir: Path) -> None:
         reduced = ctx.precision_data is not None and cand.precision != "float32"
         if ctx.native:
             executor = open_executor(workdir, meta)
-            cand.check = (check_accuracy(ctx, lambda samples: [executor.run(s) for s in samples], f"host ({host_arch()})")
+            cand.check = (check_accuracy(ctx, lambda samples: [executor.run(s) for s in samples],
+                                         f"host ({host_arch()})", output)
                           if reduced else check_samples(ctx, executor.run, f"host ({host_arch()})"))
             if cand.check.passed:
                 ctx.executors[cand.key] = executor
         elif ctx.target.gpu:
             cand.check = verify_gpu(ctx, backend, output, meta, workdir)
         elif reduced and backend.emulated_in_python:
-            cand.check = accuracy_under_emulation(ctx, backend, meta, workdir)
+            cand.check = accuracy_under_emulation(ctx, backend, output, meta, workdir)
         else:
             cand.check = verify_foreign(ctx, backend, output, meta, workdir)
     except Exception as exc:  # a crash in one candidate's runtime must not end the job

@@ -182,24 +182,25 @@ def check_samples(ctx: CheckContext, run: Callable[[list[np.ndarray]], list[np.n
 RunSamples = Callable[[list[list[np.ndarray]]], list[list[np.ndarray]]]  # every sample's inputs -> outputs
 
 
-def check_accuracy(ctx: CheckContext, run: RunSamples, ran_on: str) -> Check:
+def check_accuracy(ctx: CheckContext, run: RunSamples, ran_on: str, output: BackendOutput) -> Check:
     """A reduced-precision candidate run on every sample it was not made from and judged by the accuracy budget."""
     data = ctx.precision_data
     assert data is not None
-    samples, expected = data.unseen_by(ctx.options.precision)
+    samples, expected = data.unseen_by(ctx.options.precision, output.data_free)
     outputs = run([ordered(ctx, feeds) for feeds in samples])
     accuracy = measure(outputs, expected, ctx.options.accuracy, data.data)
     return Check("verified" if accuracy.met else "mismatch", ran_on, 0.0, max_rel_err=accuracy.max_rel_err,
                  detail="" if accuracy.met else f"over the accuracy budget: {accuracy.describe()}", accuracy=accuracy)
 
 
-def accuracy_under_emulation(ctx: CheckContext, backend: Backend, meta: dict, workdir: Path) -> Check:
+def accuracy_under_emulation(ctx: CheckContext, backend: Backend, output: BackendOutput, meta: dict,
+                             workdir: Path) -> Check:
     """check_accuracy for a foreign CPU: the artifact runs in the target arch's Python under qemu-user."""
     python = emulation.find_python_emulator(ctx.target.arch, backend.runtime_requirement())
     if not isinstance(python, emulation.PythonEmulator):
         return Check("error", "qemu-user", 0.0, detail=f"cannot run {backend.name} for {ctx.target.arch} here: {python}")
     return check_accuracy(ctx, lambda samples: emulation.run_runtime_samples(python, workdir, meta, samples),
-                          python.describe())
+                          python.describe(), output)
 
 
 def native_precisions(target: Target) -> list[str]:

@@ -26,6 +26,9 @@ class BackendOutput:
     # The backend runtime the device needs to load these files, pip name -> ">=V" / "==V" / "==V.*"
     # (compiled.meta Requirements.Runtime, checked by the runtime on load); empty when it needs none.
     runtime: dict[str, str] = field(default_factory=dict)
+    # True when no calibration sample went into a reduced-precision artifact (int8 weights quantized alone,
+    # activations at run time): its accuracy is then judged on every sample, as a bf16 one's is.
+    data_free: bool = False
 
 
 class Backend(Protocol):

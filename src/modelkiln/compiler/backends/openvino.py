@@ -68,6 +68,7 @@ class Quantized:
     model: ov.Model
     command: str
     config: dict[str, str | int] = field(default_factory=dict)
+    data_free: bool = False  # no calibration sample went into it (BackendOutput.data_free)
 
 
 class OpenVinoBackend:
@@ -92,7 +93,7 @@ class OpenVinoBackend:
                 data: PrecisionData | None = None) -> BackendOutput:
         source = workdir / "source.onnx"
         onnx.save(model, str(source))
-        command, config = "openvino.convert_model(model.onnx)", {}
+        command, config, data_free = "openvino.convert_model(model.onnx)", {}, False
         try:
             converted = ov.convert_model(str(source))
             if options.precision == "int8":
@@ -100,6 +101,7 @@ class OpenVinoBackend:
                     raise CompilationError("compile", "int8 quantization needs calibration samples and got none")
                 quantized = quantize_int8(converted, data, options.accuracy, command)
                 converted, command, config = quantized.model, quantized.command, quantized.config
+                data_free = quantized.data_free
             ov.save_model(converted, str(workdir / "compiled.xml"), compress_to_fp16=False)
         except CompilationError:
             raise
@@ -117,7 +119,7 @@ class OpenVinoBackend:
                              "(DYNAMIC_QUANTIZATION_GROUP_SIZE, recorded in compiled.meta Backend.Config)")
             if host_can_run(target) and target.computes_natively("bfloat16"):
                 names = [port.get_any_name() for port in converted.inputs]
-                hint, note = float_layers(workdir / "compiled.xml", names, data, options.accuracy, config)
+                hint, note = float_layers(workdir / "compiled.xml", names, data, options.accuracy, config, data_free)
                 notes.append(note)
                 if hint != F32["INFERENCE_PRECISION_HINT"]:
                     config = {**config, "INFERENCE_PRECISION_HINT": hint}
@@ -126,12 +128,12 @@ class OpenVinoBackend:
             needed, why = f">={DQ_RELEASE}", f"its activations are quantized at run time, which needs {DQ_RELEASE}"
         notes.append(f"the device needs openvino{needed}: {why}")
         return BackendOutput(files=["compiled.xml", "compiled.bin"], notes=notes, runtime={"openvino": needed},
-                             entry={"Config": config} if config else {},
+                             entry={"Config": config} if config else {}, data_free=data_free,
                              command=f"openvino.save_model({command}, compiled.xml, compress_to_fp16=False)")
 
 
 def float_layers(xml: Path, names: list[str], data: PrecisionData, budget: AccuracyBudget | None,
-                 config: dict[str, str | int]) -> tuple[str, str]:
+                 config: dict[str, str | int], data_free: bool) -> tuple[str, str]:
     """The INFERENCE_PRECISION_HINT for an int8 IR's float layers (those NNCF leaves in float, or accuracy control
     restored), and a note saying why. Which is faster depends on the model (see BF16_GAIN), so both are timed;
     bf16 ships only when it is faster by BF16_GAIN and the budget still holds on the evaluation samples."""
@@ -142,7 +144,9 @@ def float_layers(xml: Path, names: list[str], data: PrecisionData, budget: Accur
     timed = f"{bf16:#.3g} ms with them in bf16 against {f32:#.3g} ms in f32"
     if bf16 > f32 * (1 - BF16_GAIN):
         return "f32", f"the int8 model's float layers run in f32: {timed}"
-    accuracy = _accuracy(lambda feeds: executors["bf16"].run([feeds[n] for n in names]), data, budget)
+    samples, expected = data.unseen_by("int8", data_free)
+    accuracy = measure([executors["bf16"].run([feeds[n] for n in names]) for feeds in samples], expected, budget,
+                       data.data)
     if not accuracy.met:
         return "f32", (f"the int8 model's float layers run in f32: {timed}, but in bf16 it misses the budget: "
                        f"{accuracy.describe()}")
@@ -213,7 +217,7 @@ def quantize_int8(model: ov.Model, data: PrecisionData, budget: AccuracyBudget |
                 dynamic, missed = dynamic_int8(model, data, budget, command)
                 if dynamic:
                     return Quantized(dynamic.model, f"{plain} missed {wanted} ({accuracy.describe()}); then "
-                                                    f"{dynamic.command}", dynamic.config)
+                                                    f"{dynamic.command}", dynamic.config, data_free=True)
                 tried = f"; int8 weights with activations quantized at run time missed {wanted} too ({missed})"
             layers = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ordered_ops()) // 2
             ranking_s = AC_COST * layers * (compile_s + run_s * min(AC_RANKING, len(data.evaluation)))
@@ -246,15 +250,18 @@ def dynamic_int8(model: ov.Model, data: PrecisionData, budget: AccuracyBudget | 
     """int8 weights (NNCF's weight compression) whose MatMuls the CPU plugin runs in int8, quantizing their
     activations at run time, a range per group of DQ_GROUPS values of each row: slower than static int8, but far
     more accurate on a transformer, whose activations have outlier channels no single calibrated range fits
-    (measured in groups of 32: MiniLM-L6 worst cosine 0.9994 against 0.996 static; MPNet-base 0.9989 against 0.973). The largest
-    group that meets the budget (the fastest), or None and the smallest group's figures."""
+    (measured in groups of 32: MiniLM-L6 worst cosine 0.9994 against 0.996 static; MPNet-base 0.9989 against
+    0.973). The largest group that meets the budget (the fastest), or None and the smallest group's figures. No
+    sample goes into it, so every sample judges it, calibration ones too."""
     import nncf
 
     compressed = nncf.compress_weights(model.clone(), mode=nncf.CompressWeightsMode.INT8_ASYM)
     core = ov.Core()
+    samples, expected = data.unseen_by("int8", data_free=True)
     for group in DQ_GROUPS:
         config = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": group}
-        accuracy = _accuracy(_outputs(core.compile_model(compressed, "CPU", {**F32, **config})), data, budget)
+        run = _outputs(core.compile_model(compressed, "CPU", {**F32, **config}))
+        accuracy = measure([run(feeds) for feeds in samples], expected, budget, data.data)
         if accuracy.met:
             return Quantized(compressed, f"nncf.compress_weights({command}, mode=INT8_ASYM) run with "
                                          f"DYNAMIC_QUANTIZATION_GROUP_SIZE={group}", config), ""
