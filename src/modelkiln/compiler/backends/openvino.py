@@ -144,9 +144,8 @@ def float_layers(xml: Path, names: list[str], data: PrecisionData, budget: Accur
     timed = f"{bf16:#.3g} ms with them in bf16 against {f32:#.3g} ms in f32"
     if bf16 > f32 * (1 - BF16_GAIN):
         return "f32", f"the int8 model's float layers run in f32: {timed}"
-    samples, expected = data.unseen_by("int8", data_free)
-    accuracy = measure([executors["bf16"].run([feeds[n] for n in names]) for feeds in samples], expected, budget,
-                       data.data)
+    accuracy = _accuracy(lambda feeds: executors["bf16"].run([feeds[n] for n in names]), data, budget,
+                         data_free=data_free)
     if not accuracy.met:
         return "f32", (f"the int8 model's float layers run in f32: {timed}, but in bf16 it misses the budget: "
                        f"{accuracy.describe()}")
@@ -257,11 +256,10 @@ def dynamic_int8(model: ov.Model, data: PrecisionData, budget: AccuracyBudget | 
 
     compressed = nncf.compress_weights(model.clone(), mode=nncf.CompressWeightsMode.INT8_ASYM)
     core = ov.Core()
-    samples, expected = data.unseen_by("int8", data_free=True)
     for group in DQ_GROUPS:
         config = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": group}
-        run = _outputs(core.compile_model(compressed, "CPU", {**F32, **config}))
-        accuracy = measure([run(feeds) for feeds in samples], expected, budget, data.data)
+        accuracy = _accuracy(_outputs(core.compile_model(compressed, "CPU", {**F32, **config})), data, budget,
+                             data_free=True)
         if accuracy.met:
             return Quantized(compressed, f"nncf.compress_weights({command}, mode=INT8_ASYM) run with "
                                          f"DYNAMIC_QUANTIZATION_GROUP_SIZE={group}", config), ""
@@ -277,10 +275,14 @@ def is_transformer(model: ov.Model) -> bool:
     return attention and {"Softmax", "MVN"} <= types
 
 
-def _accuracy(run: Callable[[dict], list], data: PrecisionData, budget: AccuracyBudget | None, items=None) -> Accuracy:
-    """A model's outputs (run: feeds by name -> outputs) against the source's on evaluation samples: all, or NNCF's
-    (index, feeds) items."""
-    items = list(items) if items is not None else list(enumerate(data.evaluation))
+def _accuracy(run: Callable[[dict], list], data: PrecisionData, budget: AccuracyBudget | None, items=None,
+              data_free: bool = False) -> Accuracy:
+    """A model's outputs (run: feeds by name -> outputs) against the source's: on every sample it was not made from
+    (PrecisionData.unseen_by), or on NNCF's (index, feeds) items of the evaluation samples."""
+    if items is None:
+        samples, expected = data.unseen_by("int8", data_free)
+        return measure([run(feeds) for feeds in samples], expected, budget, data.data)
+    items = list(items)
     return measure([run(feeds) for _, feeds in items], [data.expected[i] for i, _ in items], budget, data.data)
 
 
