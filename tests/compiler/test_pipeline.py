@@ -235,8 +235,25 @@ def test_reduced_precision_is_judged_by_accuracy_and_skips_backends_that_cannot(
     assert accuracy.met and accuracy.budgets == ["output 0: top1_agreement >= 0.7 (at 95% confidence)"]
     assert accuracy.samples == 32 and accuracy.top1_decisions == (32, 32)
     assert "demote-contraction-inputs-type=bf16" in by_name["iree"].command
+    # the report says what ran in bf16: the head's Gemm; the three convolutions stayed fp32
+    assert ("IREE demotes the inputs of the model's 1 MatMul/Gemm operator(s) to bfloat16, accumulating in fp32; "
+            "other operators stay fp32; its 3 convolution(s) stay fp32") in " ".join(by_name["iree"].notes)
     assert report.selected == "iree-bfloat16"
     assert json.loads((tmp_path / "report.json").read_text())["candidates"][0]["status"] == "skipped"
+
+
+def test_iree_reduced_precision_of_a_model_without_matmuls_fails_naming_why(tmp_path):
+    # IREE demotes no convolution: its bf16 of a convolution-only model would be fp32 under another name
+    weight = onnx.numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    path = onnx_model(tmp_path / "m.onnx", [make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+                      [make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                      [make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [weight])
+    with pytest.raises(CompilationError) as err:
+        compile_job(CompileJob(model=path, framework="ONNX", output_dir=tmp_path / "out", target_device="ml_c5",
+                               compiler_options='{"kiln-backend": "iree", "kiln-precision": "bfloat16"}'))
+    assert "IREE would compute nothing of this model in bfloat16" in err.value.message
+    assert "its 1 convolution(s) stay fp32" in err.value.message and "kiln-backend openvino" in err.value.message
+    assert not (tmp_path / "out" / "model.tar.gz").exists()
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])

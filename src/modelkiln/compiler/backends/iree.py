@@ -37,6 +37,12 @@ CHANNELS_LAST = "builtin.module(util.func(iree-preprocessing-convert-conv-to-cha
 TIMEOUT_S = 1800
 CUDA_MIN_SM = 60  # IREE's NVPTX target knows sm_60 and newer (sm_53 "is not a known target")
 DEVICES = {"cuda": "cuda", "vulkan": "vulkan"}  # Kiln GPU api -> IREE HAL driver
+# What IREE's bf16/f16 demotion reaches (--iree-global-opt-demote-contraction-inputs-operations=all): named matmul
+# ops. A convolution reaches the pass already rewritten as a generic op, so it stays fp32 (measured with iree-compile
+# 3.13 at --compile-to=global-optimization: no truncf for a 3x3 Conv at batch 1 or 4 nor a 1x1 Conv, with or without
+# the channels-last rewrite; one for a Gemm and a 3-D MatMul). Counted on the ONNX graph, so the note says what ran.
+DEMOTED_OPS = ("MatMul", "Gemm")
+CONVOLUTIONS = ("Conv", "ConvTranspose")
 
 
 class IreeBackend:
@@ -74,6 +80,7 @@ class IreeBackend:
         source, mlir, out = workdir / "source.onnx", workdir / "source.mlir", workdir / FILE
         canonical = canonicalize(model)
         model = with_entry_name(canonical.model)
+        demotion = precision_note(model, options.precision)
         onnx.save(model, str(source))
         link: list[str] = []
         try:
@@ -99,9 +106,8 @@ class IreeBackend:
         if link:
             notes.append("ARMv7 has no fmaxf/fminf instruction and IREE's embedded loader no libm: Kiln links its own "
                          "fmaxf/fminf (C99 semantics) into the module through --iree-llvmcpu-embedded-linker-path.")
-        if options.precision != "float32":
-            notes.append(f"IREE demotes the inputs of matmuls and convolutions to {options.precision}; "
-                         "accumulation and other operators stay fp32.")
+        if demotion:
+            notes.append(demotion)
         return BackendOutput(
             files=[FILE], entry={"Entry": model.graph.name, "Device": DEVICES[target.gpu.api] if target.gpu else "local"},
             command=f"{CANONICAL_COMMAND} && iree-import-onnx model.onnx -o model.mlir && iree-compile model.mlir "
@@ -148,6 +154,23 @@ def gpu_notes(gpu: Gpu | None) -> list[str]:
                 "runs on any CPU. TensorRT is not used."]
     return [f"Vulkan: the .vmfb holds SPIR-V for IREE's {gpu.code} profile (Vulkan 1.1, no subgroup-size "
             "assumptions) and VM bytecode for the host; run it with an IREE runtime built with its Vulkan driver."]
+
+
+def precision_note(model: onnx.ModelProto, precision: str) -> str:
+    """What IREE computes in precision (see DEMOTED_OPS); a CompilationError when that is nothing, as the candidate
+    would be the float32 one under another name."""
+    if precision == "float32":
+        return ""
+    ops = [n.op_type for n in model.graph.node]
+    demoted, convs = sum(op in DEMOTED_OPS for op in ops), sum(op in CONVOLUTIONS for op in ops)
+    kept = f"; its {convs} convolution(s) stay fp32, as IREE {version('iree-base-compiler')} demotes no convolution" if convs else ""
+    if not demoted:
+        raise CompilationError("compile", f"IREE would compute nothing of this model in {precision}: it demotes the "
+                               f"inputs of matmuls (MatMul, Gemm) only, and the model has none{kept}.",
+                               f"for {precision} convolutions use OpenVINO on a CPU with {precision} instructions "
+                               f"(kiln-backend openvino), or ask for kiln-precision auto.")
+    return (f"IREE demotes the inputs of the model's {demoted} MatMul/Gemm operator(s) to {precision}, accumulating "
+            f"in fp32; other operators stay fp32{kept}.")
 
 
 def _precision_flags(options: CompilerOptions) -> list[str]:
