@@ -29,6 +29,9 @@ def test_x86_compiles_every_backend_verifies_and_ships_the_fastest(x86_artifact)
         assert cand.check.ran_on == "host (x86_64)"
         assert cand.check.max_rel_err <= cand.check.tolerance
         assert cand.latency_ms > 0 and cand.size_bytes > 0
+    # OpenVINO's report says what its plugin ran here: the float32 CNN's three convolutions and its Gemm in f32
+    (ran,) = [n for n in by_name["openvino"].notes if n.startswith("on this host OpenVINO's CPU plugin ran")]
+    assert "Convolution in f32 with" in ran and "FullyConnected in f32 with" in ran, ran
     winner = report.winner()
     assert winner.status == "selected"
     assert winner.latency_ms == min(c.latency_ms for c in report.candidates)

@@ -123,6 +123,11 @@ def test_bf16_which_no_sample_went_into_is_judged_on_every_sample(calibrated, tm
     report = _compile(calibrated, tmp_path, '{"kiln-precision": "bfloat16", "kiln-backend": "openvino", '
                                             '"mcpu": "znver4", "kiln-accuracy": {"cosine": 0.9}}')
     assert report.winner().check.accuracy.samples == SAMPLES  # int8's calibration samples are unseen by bf16
+    # the report says in which precision the plugin ran the convolutions here: bf16 where this CPU computes it
+    flags = Path("/proc/cpuinfo").read_text().split()
+    computed = "bf16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "f32"
+    (ran,) = [n for n in report.winner().notes if n.startswith("on this host OpenVINO's CPU plugin ran")]
+    assert re.search(rf"\d+ Convolution in {computed} with \w+", ran), ran
 
 
 def test_int8_float_layers_run_in_bf16_only_where_timed_faster_and_within_budget(calibrated, tmp_path):
@@ -131,6 +136,8 @@ def test_int8_float_layers_run_in_bf16_only_where_timed_faster_and_within_budget
     winner = report.winner()
     (note,) = [n for n in winner.notes if "float layers run in" in n]
     bf16_ms, f32_ms = (float(v) for v in re.search(r"([\d.]+) ms with them in bf16 against ([\d.]+) ms", note).groups())
+    (ran,) = [n for n in winner.notes if n.startswith("on this host OpenVINO's CPU plugin ran")]
+    assert re.search(r"\d+ Convolution in [ui]8 with \w+", ran), ran  # the quantized convolutions ran in int8
     model = Model(tmp_path / "model.tar.gz")
     hint = model._executor._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
     if "run in bf16" in note:  # what the note says ran is what the artifact runs, and what the verdict measured

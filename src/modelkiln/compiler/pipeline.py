@@ -31,7 +31,7 @@ from modelkiln.compiler.routes import (
 from modelkiln.compiler.verify import HOPELESS, SPEC_ONLY, TOLERANCE, Check, host_can_run, median_latencies_ms
 from modelkiln.errors import CompilationError, KilnError, ValidationError
 from modelkiln.frontends import ConvertedModel, check_framework, check_framework_version, frontend_for
-from modelkiln.runtime.executors import open_executor
+from modelkiln.runtime.executors import kernels_note, open_executor
 from modelkiln.runtime.model import host_arch
 from modelkiln.targets import CompilerOptions, Target, parse_compiler_options, resolve
 from modelkiln.targets.options import AUTO, FIELD as OPTIONS_FIELD, FORWARD_ARGS
@@ -232,6 +232,7 @@ def _try_candidate(ctx: CheckContext, cand: Candidate, workdir: Path) -> None:
         reduced = ctx.precision_data is not None and cand.precision != "float32"
         if ctx.native:
             executor = open_executor(workdir, meta)
+            cand.notes += [note for note in [kernels_note(executor)] if note]
             cand.check = (check_accuracy(ctx, lambda samples: [executor.run(s) for s in samples],
                                          f"host ({host_arch()})", output)
                           if reduced else check_samples(ctx, executor.run, f"host ({host_arch()})"))

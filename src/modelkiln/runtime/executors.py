@@ -29,3 +29,9 @@ def open_executor(directory: Path, meta: dict, threads: int | None = None) -> Ex
     if name not in EXECUTORS:
         raise ValueError(f"artifact built by unknown backend {name!r}; this runtime knows {', '.join(EXECUTORS)}")
     return importlib.import_module(EXECUTORS[name]).open(directory, meta, threads)
+
+
+def kernels_note(executor: Executor) -> str | None:
+    """What the executor's runtime ran, kernel by kernel, where it can say (OpenVINO's CPU plugin); else None."""
+    kernels = getattr(executor, "kernels", None)  # an optional capability: the other runtimes do not expose theirs
+    return kernels() if kernels else None
