@@ -232,7 +232,8 @@ def _try_candidate(ctx: CheckContext, cand: Candidate, workdir: Path) -> None:
         reduced = ctx.precision_data is not None and cand.precision != "float32"
         if ctx.native:
             executor = open_executor(workdir, meta)
-            cand.notes += [note for note in [kernels_note(executor)] if note]
+            if ran := kernels_note(executor):
+                cand.notes.append(ran)
             cand.check = (check_accuracy(ctx, lambda samples: [executor.run(s) for s in samples],
                                          f"host ({host_arch()})", output)
                           if reduced else check_samples(ctx, executor.run, f"host ({host_arch()})"))
