@@ -393,13 +393,12 @@ def mobilenet_v2():
                          nn.Linear(1280, 1000))
 
 
-def build_random(make: Callable[[], object], folder: Path) -> Path:
-    """make()'s network with random weights and BatchNorm statistics measured on 64 calibration crops."""
+def build_resnet50_random(folder: Path) -> Path:
+    """resnet50() with random weights and BatchNorm statistics measured on 64 calibration crops."""
     import torch
     torch.manual_seed(SEED)
-    model = make()
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for bn in norms:
+    model = resnet50()
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
         bn.reset_running_stats()
         bn.momentum = None  # a plain average over the batches below
     model.train()
@@ -434,7 +433,6 @@ def imagenet_feeds(n: int, split: str) -> list[Feeds]:
     return [{"input": imagenet_normalized(c)} for c in photo_crops(n, split, (224, 224))]
 
 
-
 SPECS = {s.name: s for s in (
     Spec("mobilenet_v2", "CNN", "MobileNetV2 itself: torchvision's layout and ImageNet-1k weights (mobilenet_v2-b0353104.pth)",
          MOBILENET_WEIGHTS, True, build_mobilenet_v2, imagenet_feeds),
@@ -459,5 +457,5 @@ SPECS = {s.name: s for s in (
     Spec("resnet50_random", "CNN", "ResNet-50 itself (torchvision's layout, 4.1 GMAC), random weights: its latency is "
          "ResNet-50's; its accuracy is cosine of random logits, not a trained model's top-1",
          f"none: random weights (seed {SEED}), BatchNorm statistics measured on 64 calibration crops", False,
-         lambda d: build_random(resnet50, d), imagenet_feeds, random_weights=True),
+         build_resnet50_random, imagenet_feeds, random_weights=True),
 )}

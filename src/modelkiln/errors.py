@@ -22,10 +22,15 @@ class CompilationError(KilnError):
     """A pipeline stage failed; `hint` says what the user should change."""
 
     def __init__(self, stage: str, message: str, hint: str = "") -> None:
-        super().__init__(f"{stage}: {message}" + (f" Fix: {hint}" if hint else ""))
         self.stage = stage
         self.message = message
         self.hint = hint
+        super().__init__(f"{stage}: {self.with_fix}")
+
+    @property
+    def with_fix(self) -> str:
+        """The message and, where there is one, what to change: what a user reads."""
+        return self.message + (f" Fix: {self.hint}" if self.hint else "")
 
 
 def failure_reason(exc: KilnError) -> str:
@@ -33,5 +38,5 @@ def failure_reason(exc: KilnError) -> str:
     if isinstance(exc, ValidationError):
         return f"ClientError: {exc.field}: {exc.message}"
     if isinstance(exc, CompilationError):
-        return f"ClientError: {exc.stage}: {exc.message}" + (f" Fix: {exc.hint}" if exc.hint else "")
+        return f"ClientError: {exc.stage}: {exc.with_fix}"
     return f"ClientError: {exc}"

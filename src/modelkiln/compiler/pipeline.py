@@ -216,7 +216,7 @@ def _try_candidate(ctx: CheckContext, cand: Candidate, workdir: Path) -> None:
         output = backend.compile(model_form(backend, ctx.model), ctx.target, options, workdir,
                                  ctx.precision_data if cand.precision == "int8" else None)
     except CompilationError as exc:
-        cand.status, cand.reason = "failed", exc.message + (f" Fix: {exc.hint}" if exc.hint else "")
+        cand.status, cand.reason = "failed", exc.with_fix
         return
     except Exception as exc:  # a backend's own bug fails that candidate only; the others may still ship
         cand.status, cand.reason = "failed", f"internal error in {cand.backend}: {brief(exc)}"
